@@ -1,0 +1,191 @@
+"""Manifests, checksums, atomic writes and compatibility checks for every saved artefact.
+
+Every model or index is a directory holding a ``manifest.json`` that records what produced
+it (command, config, seed), checksums of its inputs (base model, catalog fingerprint),
+library versions and the embedding dimension. Loaders call :func:`require_compatible` and
+refuse mismatched pairs with a one-line :class:`ArtifactError`.
+
+Writes go to a temporary sibling and are renamed into place, so a job killed half-way
+never leaves a half-written artefact where a good one used to be.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import uuid
+from collections.abc import Iterator, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ArtifactError
+
+MANIFEST = "manifest.json"
+_TRACKED_LIBS = (
+    "shoprank", "torch", "transformers", "sentence-transformers", "faiss-cpu",
+    "numpy", "pyarrow", "onnxruntime",
+)
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, streamed (model weights can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_text(*parts: str) -> str:
+    """Hex sha256 over text parts (separated so ("ab","c") != ("a","bc"))."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode("utf-8"))
+        digest.update(b"\x1f")
+    return digest.hexdigest()
+
+
+def fingerprint_frame(frame: Any, columns: list[str] | None = None) -> str:
+    """Order-sensitive content fingerprint of a pandas DataFrame (short hex).
+
+    Used to tie an index to the exact catalog it was built from.
+    """
+    import pandas as pd
+
+    cols = columns or list(frame.columns)
+    hashed = pd.util.hash_pandas_object(frame[cols].astype(str), index=False).to_numpy()
+    return hashlib.sha256(hashed.tobytes() + "|".join(cols).encode()).hexdigest()[:16]
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that decide numerical results."""
+    versions = {"python": platform.python_version()}
+    for name in _TRACKED_LIBS:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def build_manifest(kind: str, *, config: Mapping[str, Any] | None = None,
+                   inputs: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """A manifest dict: kind, id, creation time, command line, config, inputs, versions."""
+    manifest: dict[str, Any] = {
+        "kind": kind,
+        "id": uuid.uuid4().hex[:12],
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "config": dict(config or {}),
+        "inputs": dict(inputs or {}),
+        "versions": library_versions(),
+    }
+    manifest.update(extra)
+    return manifest
+
+
+def write_manifest(directory: str | os.PathLike[str], manifest: Mapping[str, Any]) -> Path:
+    """Write ``manifest.json`` into ``directory`` atomically."""
+    path = Path(directory) / MANIFEST
+    atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def read_manifest(directory: str | os.PathLike[str], kind: str | None = None) -> dict[str, Any]:
+    """Read a manifest, raising a one-line ArtifactError if missing, unreadable or of another kind."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{directory}: no {MANIFEST} (not a shoprank artefact, or an interrupted build)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path}: unreadable manifest ({exc.__class__.__name__})") from None
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{path}: manifest is not a JSON object")
+    if kind is not None and manifest.get("kind") != kind:
+        raise ArtifactError(f"{directory}: expected a {kind} artefact, found {manifest.get('kind')!r}")
+    return manifest
+
+
+def require_compatible(what: str, expected: Mapping[str, Any], found: Mapping[str, Any]) -> None:
+    """Refuse a mismatched pair: every key of ``expected`` must equal the value in ``found``."""
+    for key, value in expected.items():
+        if found.get(key) != value:
+            raise ArtifactError(
+                f"{what}: {key} mismatch (expected {value!r}, found {found.get(key)!r}); "
+                "rebuild it with the same model"
+            )
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary sibling path; on success rename it onto ``path`` (atomic on POSIX)."""
+    target = Path(path)
+    if not target.parent.exists():
+        raise ArtifactError(f"{target.parent}: output directory does not exist")
+    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write a text file via a temporary sibling + rename."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write a binary file via a temporary sibling + rename."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Build a directory in a temporary sibling, then swap it into place.
+
+    The previous directory (if any) stays complete and loadable until the new one is
+    fully written; the swap is two renames, and a leftover ``.NAME.old-*`` sibling (only
+    possible if the process dies between them) is restored by :func:`recover_directory`.
+    """
+    target = Path(path)
+    parent = target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ArtifactError(f"{parent}: cannot create output directory ({exc.strerror})") from None
+    if not os.access(parent, os.W_OK):
+        raise ArtifactError(f"{parent}: output directory is not writable")
+    tag = uuid.uuid4().hex[:8]
+    tmp = parent / f".{target.name}.tmp-{tag}"
+    old = parent / f".{target.name}.old-{tag}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def recover_directory(path: str | os.PathLike[str]) -> None:
+    """If a swap died between its two renames, put the previous directory back."""
+    target = Path(path)
+    if target.exists():
+        return
+    olds = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds:
+        os.replace(olds[-1], target)

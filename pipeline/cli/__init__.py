@@ -1,0 +1,52 @@
+"""`pipeline` command-line entry point: a thin Typer layer over the library API.
+
+Each ``*_cmd`` module registers its commands on the shared app. Expected failures
+(:class:`pipeline.errors.ShoprankError`, unreadable files) become one line on stderr and a
+non-zero exit, never a traceback.
+"""
+from __future__ import annotations
+
+import sys
+
+from pipeline.cli._app import app
+from pipeline.errors import ShoprankError
+
+# Command modules: importing them registers their commands. Keep them import-light.
+from pipeline.cli import config_cmd, data_cmd  # noqa: E402,F401
+
+for _optional in ("retrieval_cmd", "rerank_cmd", "search_cmd"):
+    try:
+        __import__(f"pipeline.cli.{_optional}")
+    except ModuleNotFoundError as _exc:  # not written yet in this checkout
+        if _exc.name != f"pipeline.cli.{_optional}":
+            raise
+
+__all__ = ["app", "main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry: run the app, mapping expected errors to one-line messages."""
+    from pipeline.config import default_map
+
+    try:
+        defaults = default_map()
+    except ShoprankError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return exc.exit_code
+    try:
+        # standalone mode: Click itself reports usage errors (one line + usage) and exits.
+        app(args=argv, default_map=defaults)
+    except ShoprankError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        sys.stderr.write(f"error: {exc.filename or ''}: {exc.strerror}\n")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

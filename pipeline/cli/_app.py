@@ -1,0 +1,50 @@
+"""The Typer app and the small output helpers every command shares.
+
+Kept free of heavy imports: command modules import torch/faiss/transformers inside the
+command functions, so `pipeline --help` stays fast.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import typer
+
+app = typer.Typer(
+    name="pipeline",
+    help="shoprank: two-stage product search (bi-encoder recall + multi-task cross-encoder rerank).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def emit_json(payload: Any) -> None:
+    """Machine output: one JSON document on stdout."""
+    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def print_table(rows: Sequence[Mapping[str, Any]], title: str | None = None,
+                columns: Sequence[str] | None = None, floatfmt: str = "{:.4f}") -> None:
+    """Human output: a rich table over dict rows (floats formatted uniformly)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    cols = list(columns or (rows[0].keys() if rows else []))
+    table = Table(title=title)
+    for col in cols:
+        table.add_column(str(col), overflow="fold")
+    for row in rows:
+        table.add_row(*[
+            floatfmt.format(v) if isinstance(v, float) else ("" if v is None else str(v))
+            for v in (row.get(c) for c in cols)
+        ])
+    Console(width=max(120, Console().width)).print(table)
+
+
+def info(message: str) -> None:
+    """Progress / status text goes to stderr so stdout stays clean for --json."""
+    sys.stderr.write(message + "\n")

@@ -1,0 +1,2 @@
+"""Data commands: `pipeline sample-data` (and data validation)."""
+from __future__ import annotations

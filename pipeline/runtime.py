@@ -1,0 +1,70 @@
+"""Process-wide runtime settings, in one place.
+
+Why this module exists:
+* Hugging Face libraries try the network unless told they are offline, and stall here
+  (no model hub). The variables must be set *before* they are imported.
+* torch and faiss each bring an OpenMP runtime; depending on import order they can crash.
+  Every import of faiss in this project goes through :func:`import_faiss`, which always
+  loads torch first when torch is installed, so there is exactly one order.
+
+Stages (retrieval/, rerank/) may import this leaf module; it imports nothing heavy itself.
+"""
+from __future__ import annotations
+
+import os
+import random
+from types import ModuleType
+
+_OFFLINE_VARS = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "KMP_DUPLICATE_LIB_OK": "TRUE",
+}
+
+
+def configure_environment() -> None:
+    """Set offline / threading environment defaults (never overriding the user's)."""
+    for key, value in _OFFLINE_VARS.items():
+        os.environ.setdefault(key, value)
+
+
+def import_torch() -> ModuleType:
+    """Import torch (always before faiss; see module docstring)."""
+    configure_environment()
+    import torch
+
+    return torch
+
+
+def import_faiss(with_torch: bool = True) -> ModuleType:
+    """Import faiss in the project's one import order: torch first (if wanted and installed).
+
+    ``with_torch=False`` is for the torch-free cold search path, where torch is never loaded.
+    """
+    configure_environment()
+    if with_torch:
+        try:
+            import torch  # noqa: F401  (loaded first on purpose: OpenMP init order)
+        except ImportError:  # pragma: no cover - torch is a hard dependency
+            pass
+    import faiss
+
+    return faiss
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (if loaded) so runs are reproducible."""
+    random.seed(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    import numpy as np
+
+    np.random.seed(seed)
+    import sys
+
+    if "torch" in sys.modules:
+        import torch
+
+        torch.manual_seed(seed)
