@@ -1,0 +1,92 @@
+"""Ranking and classification metrics, computed by well-kept libraries (ir-measures /
+pytrec_eval, scikit-learn), never hand-rolled.
+
+Conventions (shared by every stage so numbers are comparable):
+* ``qrels``: ``{query_key: {product_id: grade}}`` with integer grades (0 = irrelevant).
+* ``run``: ``{query_key: {product_id: score}}`` — higher score ranks higher.
+* Binary measures (MRR, Recall) count grade >= ``min_relevant`` (default 2: exact or
+  substitute in the ESCI-style 0-3 scale); nDCG uses the grades themselves.
+* Averages are over **every query in qrels**: a query the system returned nothing for
+  scores 0 (pytrec_eval alone would silently drop it).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+Qrels = Mapping[str, Mapping[str, int]]
+Run = Mapping[str, Mapping[str, float]]
+
+DEFAULT_MEASURES = ("nDCG@10", "MRR@10", "Recall@100")
+
+
+def _ir_measure(name: str, min_relevant: int):
+    """Map our measure names to ir-measures objects (binary ones with a relevance cut)."""
+    import ir_measures
+
+    kind, _, cutoff = name.partition("@")
+    spec = {
+        "nDCG": f"nDCG@{cutoff}",
+        "MRR": f"RR(rel={min_relevant})@{cutoff}",
+        "Recall": f"R(rel={min_relevant})@{cutoff}",
+        "P": f"P(rel={min_relevant})@{cutoff}",
+    }.get(kind)
+    if spec is None:
+        raise ValueError(f"unknown measure {name!r}; use nDCG@k, MRR@k, Recall@k or P@k")
+    return ir_measures.parse_measure(spec)
+
+
+def per_query(run: Run, qrels: Qrels, measures: Sequence[str] = DEFAULT_MEASURES,
+              min_relevant: int = 2) -> dict[str, dict[str, float]]:
+    """``{measure: {query: value}}`` for every query in qrels (0 where the run has none)."""
+    import ir_measures
+
+    objs = {name: _ir_measure(name, min_relevant) for name in measures}
+    by_str = {str(obj): name for name, obj in objs.items()}
+    out: dict[str, dict[str, float]] = {name: {q: 0.0 for q in qrels} for name in measures}
+    clean_qrels = {q: {d: int(g) for d, g in docs.items()} for q, docs in qrels.items()}
+    clean_run = {q: {d: float(s) for d, s in docs.items()} for q, docs in run.items() if q in qrels and docs}
+    if clean_run:
+        for m in ir_measures.iter_calc(list(objs.values()), clean_qrels, clean_run):
+            out[by_str[str(m.measure)]][m.query_id] = float(m.value)
+    return out
+
+
+def aggregate(run: Run, qrels: Qrels, measures: Sequence[str] = DEFAULT_MEASURES,
+              min_relevant: int = 2, queries: Iterable[str] | None = None) -> dict[str, float]:
+    """Mean of each measure over ``queries`` (default: all queries in qrels)."""
+    values = per_query(run, qrels, measures, min_relevant)
+    keys = list(qrels) if queries is None else [q for q in queries if q in qrels]
+    return {name: (float(np.mean([values[name][q] for q in keys])) if keys else float("nan"))
+            for name in measures}
+
+
+def auc(labels: Sequence[float], scores: Sequence[float]) -> float:
+    """ROC AUC (scikit-learn); NaN when only one class is present."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(labels) > 0
+    if y.all() or (~y).all():
+        return float("nan")
+    return float(roc_auc_score(y, np.asarray(scores, dtype=float)))
+
+
+def run_from_ranked(queries: Sequence[str], ids: Sequence[Sequence[str]],
+                    scores: Sequence[Sequence[float]]) -> dict[str, dict[str, float]]:
+    """Build a run dict from per-query ranked id lists and their scores."""
+    return {q: {str(d): float(s) for d, s in zip(row_ids, row_scores)}
+            for q, row_ids, row_scores in zip(queries, ids, scores)}
+
+
+def write_trec_run(path, run: Run, system: str) -> None:
+    """Write a TREC run file (``qid Q0 docid rank score system``) so any result can be
+    checked with trec_eval / ir-measures. Query keys must not contain whitespace: callers
+    pass query ids."""
+    from pipeline.artifacts import atomic_write_text
+
+    lines = []
+    for qid, docs in run.items():
+        ranked = sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))
+        lines += [f"{qid} Q0 {doc} {rank} {score:.6f} {system}" for rank, (doc, score) in enumerate(ranked, 1)]
+    atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
