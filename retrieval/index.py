@@ -1,0 +1,412 @@
+"""FAISS index over product vectors: build, save, load (memory-mapped), search, add, remove.
+
+Design choices (and why):
+* **The factory string is the knob.** ``flat`` / ``hnsw`` / ``ivfpq`` are only presets that
+  expand to a FAISS ``index_factory`` string (``IDMap2,Flat``, ``HNSW32``,
+  ``IVF{nlist},PQ{m}x{nbits},RFlat``); any factory string can be passed instead, and the
+  string plus its search-time parameters go into the manifest.
+* **Inner product on unit vectors** (= cosine), so scores are comparable across index types.
+* **Slots.** Every vector gets an int64 *slot*: its position in ``ids.npy`` (the product id
+  array, append-only). ``status.npy`` marks each slot live (0), removed (1: physically
+  deleted with ``remove_ids``) or tombstoned (2: FAISS cannot delete from this index, e.g.
+  HNSW or a refined IVF-PQ, so the slot is filtered out at search time with over-fetch).
+  A full rebuild (``build_index``) or :func:`compact_index` drops tombstones for good.
+* **Atomic directories.** Build, add, remove and compact each write a complete new
+  directory next to the old one and rename it into place (``atomic_directory``), so a
+  process killed half-way leaves the previous index intact and loadable.
+* **Integrity.** The manifest records the sha256 and byte size of ``index.faiss``, the
+  dimension, the vector count and the model's weights checksum; :meth:`Retriever.load`
+  refuses a corrupt file, a wrong dimension, or a query model other than the one recorded.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.artifacts import (
+    atomic_directory, build_manifest, fingerprint_frame, read_manifest, recover_directory, sha256_file,
+    write_manifest,
+)
+from pipeline.errors import ArtifactError, DataError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from retrieval.encoder import BiEncoder
+
+INDEX_KIND = "faiss-index"
+INDEX_FILE = "index.faiss"
+IDS_FILE = "ids.npy"
+STATUS_FILE = "status.npy"
+LIVE, REMOVED, TOMBSTONED = 0, 1, 2
+INDEX_TYPES = ("flat", "hnsw", "ivfpq")
+CATALOG_FP_COLUMNS = ["product_id", "title", "brand", "category", "attributes"]
+
+
+def default_factory(index_type: str, n: int, dim: int, **params: Any) -> tuple[str, dict[str, Any]]:
+    """Expand a preset into (factory string, search params), scaled to the collection size.
+
+    IVF needs ~39 training points per list and 8-bit PQ needs 256 per sub-quantizer
+    centroid set, so small collections get fewer lists and 4-bit codes; the refine step
+    (``RFlat``) re-scores ``k_factor * k`` PQ candidates with exact vectors so recall holds.
+    """
+    if index_type == "flat":
+        return "IDMap2,Flat", {}
+    if index_type == "hnsw":
+        m = int(params.get("hnsw_m", 32))
+        return f"HNSW{m}", {"efSearch": int(params.get("ef_search", 256)),
+                            "efConstruction": int(params.get("ef_construction", 80))}
+    if index_type == "ivfpq":
+        nlist = int(params.get("nlist") or max(1, min(int(4 * math.sqrt(max(n, 1))), n // 39 or 1)))
+        m = int(params.get("pq_m") or next(c for c in (48, 32, 24, 16, 12, 8, 6, 4, 3, 2, 1) if dim % c == 0))
+        nbits = int(params.get("pq_bits") or (8 if n >= 256 * 39 else 4))
+        return f"IVF{nlist},PQ{m}x{nbits},RFlat", {
+            "nprobe": int(params.get("nprobe") or max(1, min(nlist, max(16, nlist // 8)))),
+            "k_factor": float(params.get("k_factor", 4.0)),
+        }
+    raise DataError(f"unknown index type {index_type!r}; use one of {', '.join(INDEX_TYPES)} or --factory")
+
+
+def _apply_search_params(index: Any, params: dict[str, Any]) -> None:
+    """Set search-time knobs (efSearch / nprobe / k_factor) on the index or its parts."""
+    faiss = _faiss()
+    if "efSearch" in params:
+        faiss.ParameterSpace().set_index_parameter(index, "efSearch", int(params["efSearch"]))
+    if "nprobe" in params:
+        faiss.ParameterSpace().set_index_parameter(index, "nprobe", int(params["nprobe"]))
+    if "k_factor" in params and hasattr(faiss, "downcast_index"):
+        inner = faiss.downcast_index(index)
+        if hasattr(inner, "k_factor"):
+            inner.k_factor = float(params["k_factor"])
+
+
+def _faiss() -> Any:
+    from pipeline.runtime import import_faiss
+
+    return import_faiss()
+
+
+def _uses_idmap(index: Any) -> bool:
+    return "IDMap" in type(_faiss().downcast_index(index)).__name__
+
+
+def _add_vectors(index: Any, vectors: np.ndarray, first_slot: int) -> None:
+    """Add vectors under consecutive slots (explicit ids for IDMap indexes, else positional)."""
+    if _uses_idmap(index):
+        index.add_with_ids(vectors, np.arange(first_slot, first_slot + len(vectors), dtype=np.int64))
+    else:
+        if index.ntotal != first_slot:  # positional ids only hold while nothing was physically removed
+            raise ArtifactError(f"index has {index.ntotal} vectors but {first_slot} slots; rebuild it")
+        index.add(vectors)
+
+
+def _check_vectors(vectors: np.ndarray, dim: int | None = None) -> np.ndarray:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2:
+        raise DataError(f"vectors must be a 2-d array, got shape {vectors.shape}")
+    if dim is not None and vectors.shape[1] != dim:
+        raise ArtifactError(f"vector dimension mismatch (index {dim}, vectors {vectors.shape[1]})")
+    return vectors
+
+
+def build_from_vectors(vectors: np.ndarray, ids: Sequence[str], out_dir: str | os.PathLike[str], *,
+                       index_type: str = "flat", factory: str | None = None, model: dict[str, Any] | None = None,
+                       catalog_fingerprint: str | None = None, seed: int = 13, **params: Any) -> dict[str, Any]:
+    """Build and save an index from precomputed unit vectors (the encoder-free core of
+    :func:`build_index`; the benchmark uses it on synthetic vectors)."""
+    faiss = _faiss()
+    vectors = _check_vectors(vectors)
+    ids_arr = np.asarray([str(i) for i in ids])
+    if len(ids_arr) != len(vectors):
+        raise DataError(f"{len(ids_arr)} ids for {len(vectors)} vectors")
+    if len(set(ids_arr.tolist())) != len(ids_arr):
+        raise DataError("product_id: duplicate ids in the catalog")
+    if len(vectors) == 0:
+        raise DataError("catalog is empty: nothing to index")
+    n, dim = vectors.shape
+    preset_factory, search_params = default_factory(index_type, n, dim, **params)
+    factory = factory or preset_factory
+    for key in ("efSearch", "nprobe", "k_factor"):
+        if key in params:
+            search_params[key] = params[key]
+    started = time.perf_counter()
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise DataError(f"invalid FAISS factory string {factory!r} ({str(exc).splitlines()[0][:120]})") from None
+    if "efConstruction" in search_params:
+        hnsw = faiss.downcast_index(index)
+        if hasattr(hnsw, "hnsw"):
+            hnsw.hnsw.efConstruction = int(search_params["efConstruction"])
+    if not index.is_trained:
+        try:
+            index.train(vectors)
+        except RuntimeError as exc:
+            raise DataError(f"cannot train {factory!r} on {n} vectors ({str(exc).splitlines()[0][:120]})") from None
+    _add_vectors(index, vectors, 0)
+    _apply_search_params(index, search_params)
+    build_seconds = time.perf_counter() - started
+
+    target = Path(out_dir)
+    with atomic_directory(target) as tmp:
+        faiss.write_index(index, str(tmp / INDEX_FILE))
+        np.save(tmp / IDS_FILE, ids_arr, allow_pickle=False)
+        np.save(tmp / STATUS_FILE, np.zeros(n, dtype=np.int8), allow_pickle=False)
+        manifest = build_manifest(
+            INDEX_KIND,
+            config={"index_type": index_type if factory == preset_factory else "custom", "factory": factory,
+                    "search_params": search_params, "seed": seed},
+            inputs={"catalog_fingerprint": catalog_fingerprint, **({"model_id": model["model_id"]} if model else {})},
+            model_id=(model or {}).get("model_id"), model_path=(model or {}).get("model_path"),
+            model_name=(model or {}).get("model_name"), dim=dim, count=n, live=n, tombstoned=0, removed=0,
+            metric="inner_product", normalized=True, index_type=index_type, factory=factory,
+            search_params=search_params, catalog_fingerprint=catalog_fingerprint,
+            build_seconds=round(build_seconds, 3), index_sha256=sha256_file(tmp / INDEX_FILE),
+            index_bytes=(tmp / INDEX_FILE).stat().st_size, updates=[],
+        )
+        write_manifest(tmp, manifest)
+    return manifest
+
+
+def build_index(catalog_df: "pd.DataFrame", encoder: "BiEncoder", out_dir: str | os.PathLike[str],
+                index_type: str = "flat", *, factory: str | None = None, batch_size: int = 64,
+                show_progress: bool = True, **params: Any) -> dict[str, Any]:
+    """Encode a catalog with ``encoder`` and write a complete index directory to ``out_dir``.
+
+    Returns the manifest, with ``encode_seconds`` added (encoding dominates on CPU).
+    """
+    if "product_id" not in catalog_df.columns:
+        raise DataError("catalog: missing column 'product_id'")
+    started = time.perf_counter()
+    vectors = encoder.encode_catalog(catalog_df, batch_size=batch_size, show_progress=show_progress)
+    encode_seconds = time.perf_counter() - started
+    fp = fingerprint_frame(catalog_df, [c for c in CATALOG_FP_COLUMNS if c in catalog_df.columns])
+    manifest = build_from_vectors(vectors, catalog_df["product_id"].astype(str).tolist(), out_dir,
+                                  index_type=index_type, factory=factory, model=encoder.describe(),
+                                  catalog_fingerprint=fp, **params)
+    manifest["encode_seconds"] = round(encode_seconds, 3)
+    return manifest
+
+
+def _read_index(index_dir: Path, manifest: dict[str, Any], mmap: bool) -> Any:
+    """Read index.faiss after checking its size and checksum against the manifest."""
+    faiss = _faiss()
+    path = index_dir / INDEX_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{path}: index file missing")
+    size = path.stat().st_size
+    if manifest.get("index_bytes") is not None and size != manifest["index_bytes"]:
+        raise ArtifactError(f"{path}: corrupt index file (size {size} bytes, manifest says {manifest['index_bytes']})")
+    if manifest.get("index_sha256") and sha256_file(path) != manifest["index_sha256"]:
+        raise ArtifactError(f"{path}: corrupt index file (checksum does not match the manifest)")
+    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+    try:
+        return faiss.read_index(str(path), flags)
+    except RuntimeError:
+        try:  # some index types cannot be memory-mapped: read them into memory instead
+            return faiss.read_index(str(path))
+        except RuntimeError as exc:
+            raise ArtifactError(f"{path}: corrupt index file ({str(exc).splitlines()[-1][:120]})") from None
+
+
+class Retriever:
+    """A loaded index plus the query encoder it was built with: ``search(queries, k)``."""
+
+    def __init__(self, index_dir: Path, index: Any, ids: np.ndarray, status: np.ndarray,
+                 manifest: dict[str, Any], encoder: "BiEncoder | None") -> None:
+        self.index_dir = index_dir
+        self.index = index
+        self.ids = ids
+        self.status = status
+        self.manifest = manifest
+        self.encoder = encoder
+        self._tombstoned = int((status == TOMBSTONED).sum())
+
+    @classmethod
+    def load(cls, index_dir: str | os.PathLike[str], encoder: "BiEncoder | None" = None, *,
+             load_encoder: bool = True, mmap: bool = True) -> "Retriever":
+        """Open an index directory, verifying file integrity, dimension and query model.
+
+        ``encoder=None`` loads the model recorded in the manifest (``load_encoder=False``
+        skips it, for tools that only need vectors); an encoder with other weights is refused.
+        """
+        index_dir = Path(index_dir)
+        recover_directory(index_dir)
+        if not index_dir.is_dir():
+            raise ArtifactError(f"{index_dir}: index directory does not exist (run `pipeline build-index`)")
+        manifest = read_manifest(index_dir, kind=INDEX_KIND)
+        index = _read_index(index_dir, manifest, mmap)
+        if index.d != manifest.get("dim"):
+            raise ArtifactError(f"{index_dir / INDEX_FILE}: dimension {index.d} does not match the manifest ({manifest.get('dim')})")
+        try:
+            ids = np.load(index_dir / IDS_FILE, allow_pickle=False)
+            status = np.load(index_dir / STATUS_FILE, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"{index_dir}: unreadable {IDS_FILE}/{STATUS_FILE} ({exc.__class__.__name__})") from None
+        if len(ids) != len(status) or int((status != REMOVED).sum()) != index.ntotal:
+            raise ArtifactError(f"{index_dir}: {IDS_FILE} ({len(ids)} slots) does not match the index ({index.ntotal} vectors)")
+        _apply_search_params(index, manifest.get("search_params") or {})
+        if encoder is None and load_encoder:
+            from retrieval.encoder import BiEncoder
+
+            path = manifest.get("model_path")
+            if not path or not Path(path).is_dir():
+                raise ArtifactError(f"{index_dir}: recorded model {path!r} not found; pass the model explicitly")
+            encoder = BiEncoder.load(path)
+        if encoder is not None:
+            check_encoder(manifest, encoder, index_dir)
+        return cls(index_dir, index, ids, status, manifest, encoder)
+
+    @property
+    def catalog_ids(self) -> list[str]:
+        """Product ids currently searchable (live slots), in slot order."""
+        return self.ids[self.status == LIVE].tolist()
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    def search(self, queries: Sequence[str], k: int = 100, batch_size: int = 64) -> tuple[list[list[str]], list[np.ndarray]]:
+        """Top-``k`` product ids and inner-product scores per query (batched encoding + search)."""
+        if self.encoder is None:
+            raise ArtifactError(f"{self.index_dir}: retriever loaded without an encoder; cannot search text")
+        vecs = self.encoder.encode_queries(list(queries), batch_size=batch_size)
+        return self.search_vectors(vecs, k)
+
+    def search_vectors(self, vecs: np.ndarray, k: int = 100) -> tuple[list[list[str]], list[np.ndarray]]:
+        """Search unit query vectors; tombstoned slots are over-fetched and filtered out."""
+        vecs = _check_vectors(vecs, self.dim)
+        if len(vecs) == 0 or k <= 0:
+            return [[] for _ in range(len(vecs))], [np.zeros(0, np.float32) for _ in range(len(vecs))]
+        fetch = min(int(k) + self._tombstoned, max(int(self.index.ntotal), 1))
+        scores, slots = self.index.search(vecs, fetch)
+        out_ids: list[list[str]] = []
+        out_scores: list[np.ndarray] = []
+        for row_s, row_i in zip(scores, slots):
+            keep = row_i >= 0
+            if self._tombstoned:
+                keep &= self.status[np.clip(row_i, 0, None)] == LIVE
+            row_i, row_s = row_i[keep][:k], row_s[keep][:k]
+            out_ids.append(self.ids[row_i].tolist())
+            out_scores.append(row_s.astype(np.float32))
+        return out_ids, out_scores
+
+    def info(self) -> dict[str, Any]:
+        """Counts and build facts for `pipeline index info`."""
+        m = self.manifest
+        return {
+            "index": str(self.index_dir), "index_type": m.get("index_type"), "factory": m.get("factory"),
+            "search_params": m.get("search_params"), "dim": m.get("dim"),
+            "live": int((self.status == LIVE).sum()), "tombstoned": int((self.status == TOMBSTONED).sum()),
+            "removed": int((self.status == REMOVED).sum()), "vectors_in_faiss": int(self.index.ntotal),
+            "model_id": m.get("model_id"), "model_path": m.get("model_path"),
+            "catalog_fingerprint": m.get("catalog_fingerprint"), "build_seconds": m.get("build_seconds"),
+            "index_bytes": m.get("index_bytes"), "created": m.get("created"), "updates": len(m.get("updates") or []),
+        }
+
+
+def check_encoder(manifest: dict[str, Any], encoder: "BiEncoder", index_dir: Path | str) -> None:
+    """Refuse a query encoder whose weights or dimension differ from the index's."""
+    if manifest.get("dim") != encoder.dim:
+        raise ArtifactError(f"{index_dir}: index dimension {manifest.get('dim')} != model dimension {encoder.dim} "
+                            f"({encoder.path}); rebuild the index with this model")
+    if manifest.get("model_id") and manifest["model_id"] != encoder.model_id:
+        raise ArtifactError(f"{index_dir}: built with model {manifest['model_id'][:12]}… "
+                            f"({manifest.get('model_path')}), not {encoder.model_id[:12]}… ({encoder.path}); "
+                            "rebuild the index with this model")
+
+
+def _save_updated(retriever: Retriever, index: Any, ids: np.ndarray, status: np.ndarray,
+                  update: dict[str, Any]) -> dict[str, Any]:
+    """Write an updated copy of the index directory atomically and return its manifest."""
+    faiss = _faiss()
+    manifest = dict(retriever.manifest)
+    with atomic_directory(retriever.index_dir) as tmp:
+        faiss.write_index(index, str(tmp / INDEX_FILE))
+        np.save(tmp / IDS_FILE, ids, allow_pickle=False)
+        np.save(tmp / STATUS_FILE, status, allow_pickle=False)
+        manifest.update(
+            count=int(index.ntotal), live=int((status == LIVE).sum()), tombstoned=int((status == TOMBSTONED).sum()),
+            removed=int((status == REMOVED).sum()), index_sha256=sha256_file(tmp / INDEX_FILE),
+            index_bytes=(tmp / INDEX_FILE).stat().st_size,
+            updates=[*(manifest.get("updates") or []), update],
+        )
+        write_manifest(tmp, manifest)
+    return manifest
+
+
+def _remove_slots(index: Any, status: np.ndarray, slots: np.ndarray) -> str:
+    """Delete slots physically where FAISS can (IDMap indexes), else tombstone them."""
+    if len(slots) == 0:
+        return "none"
+    if _uses_idmap(index):
+        index.remove_ids(np.asarray(slots, dtype=np.int64))
+        status[slots] = REMOVED
+        return "remove_ids"
+    status[slots] = TOMBSTONED
+    return "tombstone"
+
+
+def add_products(index_dir: str | os.PathLike[str], catalog_df: "pd.DataFrame", encoder: "BiEncoder | None" = None,
+                 *, batch_size: int = 64, show_progress: bool = True) -> dict[str, Any]:
+    """Add (or replace) products in an existing index without a rebuild.
+
+    A product id that is already live is replaced: its old slot is removed/tombstoned and
+    the new text gets a new slot, so search never returns two versions of one product.
+    """
+    retriever = Retriever.load(index_dir, encoder, mmap=False)
+    if "product_id" not in catalog_df.columns:
+        raise DataError("catalog: missing column 'product_id'")
+    new_ids = catalog_df["product_id"].astype(str).to_numpy()
+    if len(set(new_ids.tolist())) != len(new_ids):
+        raise DataError("product_id: duplicate ids in the products to add")
+    assert retriever.encoder is not None
+    vectors = retriever.encoder.encode_catalog(catalog_df, batch_size=batch_size, show_progress=show_progress)
+    index, ids, status = retriever.index, retriever.ids.astype(str), retriever.status.copy()
+    replace = np.flatnonzero(np.isin(ids, new_ids) & (status == LIVE))
+    how = _remove_slots(index, status, replace)
+    _add_vectors(index, vectors, len(ids))
+    ids = np.concatenate([ids, new_ids.astype(str)])  # numpy widens the string dtype as needed
+    status = np.concatenate([status, np.zeros(len(new_ids), dtype=np.int8)])
+    return _save_updated(retriever, index, ids, status,
+                         {"op": "add", "added": int(len(new_ids)), "replaced": int(len(replace)), "removal": how})
+
+
+def remove_products(index_dir: str | os.PathLike[str], product_ids: Sequence[str]) -> dict[str, Any]:
+    """Remove products by id: ``remove_ids`` where FAISS supports it, else tombstones."""
+    retriever = Retriever.load(index_dir, load_encoder=False, mmap=False)
+    wanted = np.asarray([str(p) for p in product_ids])
+    ids, status = retriever.ids.astype(str), retriever.status.copy()
+    live = status == LIVE
+    missing = sorted(set(wanted.tolist()) - set(ids[live].tolist()))
+    if missing:
+        raise DataError(f"product_id: {len(missing)} id(s) not live in {index_dir} (e.g. {', '.join(missing[:3])})")
+    slots = np.flatnonzero(np.isin(ids, wanted) & live)
+    how = _remove_slots(retriever.index, status, slots)
+    return _save_updated(retriever, retriever.index, ids, status,
+                         {"op": "remove", "removed": int(len(slots)), "removal": how})
+
+
+def compact_index(index_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Rebuild from the index's own stored vectors, dropping tombstones (no re-encoding)."""
+    retriever = Retriever.load(index_dir, load_encoder=False, mmap=False)
+    index = retriever.index
+    live_slots = np.flatnonzero(retriever.status == LIVE)
+    if len(live_slots) == 0:
+        raise DataError(f"{index_dir}: no live products left to compact")
+    try:  # IDMap2 maps slot -> row itself; other indexes never delete, so slot == row
+        vectors = np.vstack([index.reconstruct(int(s)) for s in live_slots])
+    except RuntimeError:
+        raise ArtifactError(f"{index_dir}: this index type cannot return its vectors; rebuild it with build-index") from None
+    m = retriever.manifest
+    model = {k: m.get(k) for k in ("model_id", "model_path", "model_name")}
+    return build_from_vectors(vectors, retriever.ids[live_slots].tolist(), index_dir,
+                              index_type=m.get("index_type", "flat"),
+                              factory=m.get("factory"), model=model,
+                              catalog_fingerprint=m.get("catalog_fingerprint"), **(m.get("search_params") or {}))
