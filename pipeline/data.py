@@ -46,6 +46,40 @@ def product_text(catalog: pd.DataFrame) -> list[str]:
     return [" | ".join(p.strip() for p in row if p and p.strip()) for row in parts.itertuples(index=False)]
 
 
+def qrels_dict(qrels: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """``{query: {product_id: grade}}`` — the shape :mod:`pipeline.metrics` expects."""
+    out: dict[str, dict[str, int]] = {}
+    for q, p, g in zip(qrels["query"].astype(str), qrels["product_id"].astype(str),
+                       qrels["relevance"].astype("int64")):
+        out.setdefault(q, {})[p] = int(g)
+    return out
+
+
+def vocabulary_mismatch_queries(queries: pd.DataFrame, qrels: pd.DataFrame, catalog: pd.DataFrame,
+                                min_relevance: int = 2) -> set[str]:
+    """Query texts sharing no content word with ANY of their relevant products' text.
+
+    Content words: lower-cased alphanumeric tokens minus stop words
+    (:func:`pipeline.textutil.content_words`); product text: :func:`product_text`. Queries
+    without a relevant (grade >= ``min_relevance``) product are not counted either way.
+    These are the queries on which lexical matching cannot work.
+    """
+    from pipeline.textutil import content_words
+
+    words = dict(zip(catalog["product_id"].astype(str), (content_words(t) for t in product_text(catalog))))
+    rel = qrels[qrels["relevance"].astype("int64") >= min_relevance]
+    vocab: dict[str, set[str]] = {}
+    for q, p in zip(rel["query"].astype(str), rel["product_id"].astype(str)):
+        w = words.get(p)
+        if w is not None:
+            vocab.setdefault(q, set()).update(w)
+    out: set[str] = set()
+    for q in dict.fromkeys(queries["query"].astype(str)):
+        if q in vocab and not (content_words(q) & vocab[q]):
+            out.add(q)
+    return out
+
+
 def load_dataset(data_dir: str | Path | None = None, *, catalog: str | Path | None = None,
                  engagement: str | Path | None = None, queries: str | Path | None = None,
                  qrels: str | Path | None = None) -> Dataset:

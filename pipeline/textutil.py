@@ -1,0 +1,33 @@
+"""Content-word tokenisation shared by the mismatch measure, the sample world and the
+simulated production ranker.
+
+Why one module: "does this query share a word with its products?" must be answered the
+same way when the sample world is generated, when its README reports the mismatch share,
+and when evaluation slices metrics by it. A leaf module (no pandas, no stages).
+"""
+from __future__ import annotations
+
+import re
+
+_TOKEN = re.compile(r"[a-z0-9]+")
+
+# A small English stop-word list: function words plus shop filler that carries no product
+# meaning. Kept explicit (not NLTK's) so results never depend on an optional download.
+STOP_WORDS = frozenset("""
+a an the and or of for to in on at by with from into onto over under up down out off
+is are was were be been being am do does did have has had i me my we our you your he she
+it its they them their this that these those what which who whom whose where when why how
+some any all each every no not nor only own same so than too very can will just should
+now s t d ll m re ve y as if then there here about against between through during before
+after above below again further once both few more most other such yes
+""".split())
+
+
+def tokens(text: str) -> list[str]:
+    """Lower-cased alphanumeric tokens of ``text`` (punctuation splits words)."""
+    return _TOKEN.findall(str(text).lower())
+
+
+def content_words(text: str) -> frozenset[str]:
+    """Tokens of ``text`` minus stop words: the words a lexical matcher could match on."""
+    return frozenset(t for t in tokens(text) if t not in STOP_WORDS)
