@@ -57,3 +57,63 @@ def load_config(path: Path | None = None) -> dict[str, Any]:
 def default_map(path: Path | None = None) -> dict[str, Any]:
     """Click ``default_map`` built from the config file (command name -> option defaults)."""
     return {key.replace("_", "-"): value for key, value in load_config(path).items()}
+
+
+def _walk_commands(command: Any, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    """Every leaf command of a Click group with its path (("index", "add"), ...)."""
+    subcommands = getattr(command, "commands", None)
+    if not subcommands:
+        return [(prefix, command)]
+    out: list[tuple[tuple[str, ...], Any]] = []
+    for name in sorted(subcommands):
+        out += _walk_commands(subcommands[name], (*prefix, name))
+    return out
+
+
+def _lookup(table: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    """The pipeline.toml table for a command path (accepting '-' or '_' in names)."""
+    node: Any = table
+    for part in path:
+        if not isinstance(node, dict):
+            return {}
+        node = node.get(part, node.get(part.replace("-", "_"), {}))
+    return node if isinstance(node, dict) else {}
+
+
+def effective_settings(cli: Any, config: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """Per-command effective option values (built-in default, or pipeline.toml override).
+
+    Returns ``({"search": {"k": {"value": 20, "source": "pipeline.toml"}, ...}, ...}, unknown)``
+    where ``unknown`` lists config keys that match no command option — almost always a
+    typo that would otherwise be silently ignored by Click's default_map.
+    """
+    config = load_config() if config is None else config
+    settings: dict[str, Any] = {}
+    known_paths: set[tuple[str, ...]] = set()
+    for path, command in _walk_commands(cli):
+        table = _lookup(config, path)
+        options: dict[str, Any] = {}
+        for param in command.params:
+            if param.name in ("help",) or getattr(param, "hidden", False):
+                continue
+            known_paths.add((*path, param.name))
+            if param.name in table:
+                options[param.name] = {"value": table[param.name], "source": CONFIG_FILE}
+            else:
+                default = param.default
+                options[param.name] = {"value": None if default is None else
+                                       (str(default) if isinstance(default, Path) else default),
+                                       "source": "default"}
+        settings[" ".join(path)] = options
+    unknown: list[str] = []
+
+    def visit(node: dict[str, Any], path: tuple[str, ...]) -> None:
+        for key, value in node.items():
+            here = (*path, key.replace("_", "-") if isinstance(value, dict) else key)
+            if isinstance(value, dict):
+                visit(value, here)
+            elif here not in known_paths:
+                unknown.append(".".join(here))
+
+    visit(config, ())
+    return settings, unknown

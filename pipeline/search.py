@@ -94,7 +94,7 @@ class TwoStageSearcher:
         self._row = {pid: i for i, pid in enumerate(ids)}
         self._titles = catalog["title"].astype(str).tolist()
         self._texts = product_text(catalog)
-        missing = [pid for pid in getattr(retriever, "catalog_ids", [])[:1000] if pid not in self._row]
+        missing = [pid for pid in getattr(retriever, "catalog_ids", []) if pid not in self._row]
         if missing:
             raise ArtifactError(
                 f"catalog does not match the index: product {missing[0]!r} is in the index but "
@@ -237,3 +237,26 @@ def _catalog_from_manifest(manifest: Mapping[str, Any]) -> Path:
         if isinstance(value, str) and Path(value).is_file():
             return Path(value)
     return Path(DEFAULT_DATA_DIR) / "catalog.parquet"
+
+
+def run_search(queries: Sequence[str], *, k: int = 10, candidates: int = 100,
+               index_dir: str | os.PathLike[str] = DEFAULT_INDEX_DIR,
+               reranker: str | os.PathLike[str] | None = DEFAULT_RERANKER_DIR,
+               catalog: str | os.PathLike[str] | None = None, weights: Mapping[str, float] | None = None,
+               quantize: bool = False) -> dict[str, Any]:
+    """Load the searcher once and answer several queries (what `pipeline search` prints).
+
+    Queries are validated *before* any model is loaded, so a blank query fails in
+    milliseconds with a one-line error instead of after a model load.
+    """
+    if not queries:
+        raise ShoprankError("no query given; pass a query or --queries-file")
+    cleaned = [clean_query(q) for q in queries]
+    truncated = [i for i, q in enumerate(queries) if len(" ".join(str(q).split())) > MAX_QUERY_CHARS]
+    searcher = TwoStageSearcher.load(index_dir, reranker, catalog=catalog, quantize=quantize, weights=weights)
+    hits = searcher.search_many(cleaned, k=k, candidates=candidates)
+    return {
+        "reranked": searcher.reranked, "tasks": list(searcher.tasks), "models": searcher.manifest_ids(),
+        "results": [{"query": q, "truncated": i in truncated, "hits": [h.as_dict() for h in row]}
+                    for i, (q, row) in enumerate(zip(cleaned, hits))],
+    }

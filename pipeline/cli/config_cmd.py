@@ -11,10 +11,17 @@ app.add_typer(config_app, name="config")
 
 @config_app.command("show")
 def show(json_out: bool = typer.Option(False, "--json", help="Print JSON instead of TOML.")) -> None:
-    """Print the effective settings: built-in default paths plus pipeline.toml overrides."""
+    """Print the effective settings: built-in default paths, and every command's option
+    values after pipeline.toml overrides (flags given on a command line still win)."""
     import tomli_w
+    import typer.main
 
     from pipeline import config
+    from pipeline.cli._app import info
+
+    settings, unknown = config.effective_settings(typer.main.get_command(app))
+    for key in unknown:
+        info(f"warning: {config.config_path()}: '{key}' matches no command option (ignored)")
 
     effective = {
         "config_file": str(config.config_path()) if config.config_path().is_file() else None,
@@ -27,9 +34,14 @@ def show(json_out: bool = typer.Option(False, "--json", help="Print JSON instead
             "seed": config.DEFAULT_SEED,
         },
         "commands": config.load_config(),
+        "effective": settings,
     }
     if json_out:
         emit_json(effective)
     else:
-        clean = {k: v for k, v in effective.items() if v is not None}
+        # TOML has no null: options without a default are left out of the text view.
+        flat = {cmd: {name: opt["value"] for name, opt in opts.items() if opt["value"] is not None}
+                for cmd, opts in settings.items()}
+        clean = {k: v for k, v in effective.items() if v is not None and k not in ("effective", "commands")}
+        clean["effective"] = {cmd: opts for cmd, opts in flat.items() if opts}
         typer.echo(tomli_w.dumps(clean))

@@ -1,0 +1,179 @@
+"""Orchestration commands: `search`, `score-logs`, `evaluate`, `demo`.
+
+Thin on purpose: each command parses its options, calls one library function
+(:mod:`pipeline.search`, :mod:`pipeline.batch`, :mod:`pipeline.evaluate`,
+:mod:`pipeline.demo`) and prints a rich table or ``--json``. Heavy libraries are imported
+inside the functions so `pipeline --help` stays fast. Defaults can come from the
+``[search]``, ``[score-logs]``, ``[evaluate]`` and ``[demo]`` tables of pipeline.toml.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from pipeline.cli._app import app, emit_json, info, print_table
+from pipeline.config import DEFAULT_DATA_DIR, DEFAULT_INDEX_DIR, DEFAULT_RERANKER_DIR
+from pipeline.errors import ShoprankError
+
+_INDEX = typer.Option(DEFAULT_INDEX_DIR, "--index", help="Index directory (built by build-index or the demo).")
+_RERANKER = typer.Option(DEFAULT_RERANKER_DIR, "--reranker", help="Trained reranker directory.")
+_CATALOG = typer.Option(None, "--catalog", help="Catalog file (default: data/sample/catalog.parquet).")
+
+
+def _weights(spec: Optional[str]) -> Optional[dict[str, float]]:
+    """Parse --weights (task=value,...) into fusion weights; bad specs are one-line errors."""
+    if not spec:
+        return None
+    from rerank.fusion import parse_weights
+
+    try:
+        return parse_weights(spec)
+    except ValueError as exc:
+        raise ShoprankError(f"--weights: {exc}") from None
+
+
+def _hit_rows(hits: list[dict[str, Any]], tasks: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    cols = ["rank", "product_id", "title", *[f"p_{t}" for t in tasks], "score", "retrieval_score"]
+    return hits, cols
+
+
+@app.command("search")
+def search(
+    query: Optional[str] = typer.Argument(None, help="What the shopper typed."),
+    k: int = typer.Option(10, "--k", min=1, help="Results to show."),
+    candidates: int = typer.Option(100, "--candidates", min=1, help="Retrieved candidates to rerank."),
+    index_dir: Path = _INDEX,
+    reranker: Path = _RERANKER,
+    catalog: Optional[Path] = _CATALOG,
+    queries_file: Optional[Path] = typer.Option(None, "--queries-file", help="Text file, one query per line."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Fusion weights, e.g. click=0.1,add_to_cart=0.3,purchase=1."),
+    quantize: bool = typer.Option(False, "--int8", help="Use the int8-quantized reranker (faster on CPU)."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Search the catalog: retrieve top candidates, rerank them, show the top k with click /
+    add-to-cart / purchase probabilities. Without a trained reranker, shows retrieval order."""
+    from pipeline.search import MAX_QUERY_CHARS, run_search
+
+    queries: list[str] = []
+    if query is not None:
+        queries.append(query)
+    if queries_file is not None:
+        try:
+            lines = queries_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ShoprankError(f"{queries_file}: cannot read queries file ({getattr(exc, 'strerror', None) or exc.__class__.__name__})") from None
+        queries += [line for line in lines if line.strip()]
+        if not queries:
+            raise ShoprankError(f"{queries_file}: no queries in the file")
+    result = run_search(queries, k=k, candidates=candidates, index_dir=index_dir, reranker=reranker,
+                        catalog=catalog, weights=_weights(weights), quantize=quantize)
+    if json_out:
+        emit_json(result)
+        return
+    for item in result["results"]:
+        if item["truncated"]:
+            info(f"note: query longer than {MAX_QUERY_CHARS} characters; searched its first {MAX_QUERY_CHARS}")
+        rows, cols = _hit_rows(item["hits"], result["tasks"])
+        title = item["query"] if len(item["query"]) <= 80 else item["query"][:77] + "..."
+        if not rows:
+            info(f"no results for {title!r}")
+            continue
+        print_table(rows, title=f"{title}" + ("" if result["reranked"] else "  (retrieval order, no reranker)"),
+                    columns=cols)
+
+
+@app.command("score-logs")
+def score_logs(
+    input_path: Path = typer.Option(..., "--input", help="Query log (Parquet, CSV or JSONL) with a 'query' column; "
+                                                         "add 'product_id' to score given pairs."),
+    output: Path = typer.Option(..., "--output", help="Scored Parquet file to write."),
+    k: int = typer.Option(10, "--k", min=1, help="Products per query (queries-only logs)."),
+    candidates: int = typer.Option(100, "--candidates", min=1, help="Retrieved candidates to rerank per query."),
+    batch_size: int = typer.Option(1024, "--batch-size", min=1, help="Input rows per part (resume granularity)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run (exactly-once)."),
+    index_dir: Path = _INDEX,
+    reranker: Path = _RERANKER,
+    catalog: Optional[Path] = _CATALOG,
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Score a query log offline into Parquet: streamed in batches, resumable, with the
+    model ids in the file's metadata. Repeated queries are computed once."""
+    from pipeline.batch import score_logs as run
+
+    report = run(input_path, output, index_dir=index_dir, reranker=reranker, catalog=catalog, k=k,
+                 candidates=candidates, batch_size=batch_size, resume=resume, show_progress=progress)
+    for reason, count in report["skipped"].items():
+        info(f"note: skipped {count} row(s) with {reason} (first: row {report['first_skipped_row'][reason]})")
+    if json_out:
+        emit_json(report)
+    else:
+        print_table([{key: report[key] for key in ("output", "mode", "rows_in", "rows_out", "computed",
+                                                    "batches", "batches_resumed", "seconds", "rows_per_s")}],
+                    title="score-logs")
+
+
+@app.command("evaluate")
+def evaluate(
+    data: Path = typer.Option(DEFAULT_DATA_DIR, "--data", help="Dataset directory (queries/qrels/catalog/engagement .parquet)."),
+    split: str = typer.Option("test", "--split", help="Query split to evaluate (train/valid/test/all)."),
+    queries: Optional[Path] = typer.Option(None, "--queries", help="Explicit queries file."),
+    qrels: Optional[Path] = typer.Option(None, "--qrels", help="Explicit qrels file."),
+    catalog: Optional[Path] = typer.Option(None, "--catalog", help="Explicit catalog file."),
+    engagement: Optional[Path] = typer.Option(None, "--engagement", help="Explicit engagement file."),
+    index_dir: Path = _INDEX,
+    reranker: Path = _RERANKER,
+    systems: str = typer.Option("bm25,dense-zero-shot,dense-fine-tuned,two-stage", "--systems",
+                                help="Comma-separated systems to evaluate."),
+    candidates: int = typer.Option(100, "--candidates", min=1, help="Candidates the two-stage system reranks."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Write TREC run files + qrels here."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Evaluate BM25, zero-shot dense, fine-tuned dense and two-stage (nDCG@10, MRR@10,
+    Recall@100), overall and on vocabulary-mismatch queries, plus per-task reranker AUCs."""
+    from pipeline.evaluate import evaluate as run
+
+    report = run(data, catalog=catalog, queries=queries, qrels=qrels, engagement=engagement, split=split,
+                 index_dir=index_dir, reranker=reranker, run_dir=run_dir, candidates=candidates,
+                 systems=[s.strip() for s in systems.split(",") if s.strip()])
+    if json_out:
+        emit_json(report)
+        return
+    print_evaluation(report)
+
+
+def print_evaluation(report: dict[str, Any]) -> None:
+    """The evaluation table (+ per-task table); shared with the demo command."""
+    print_table(report["rows"], title=f"Evaluation on {report['split']} ({report['queries']} queries, "
+                                      f"{report['mismatch_queries']} vocabulary-mismatch)")
+    if report.get("tasks"):
+        print_table(report["tasks"], title="Reranker per-task engagement metrics (ROC AUC)")
+    if report.get("run_dir"):
+        info(f"TREC run files and qrels in {report['run_dir']}")
+
+
+@app.command("demo")
+def demo(
+    quick: bool = typer.Option(False, "--quick", help="Tiny world and short training (< 3 min)."),
+    workdir: Path = typer.Option(Path("."), "--workdir", help="Where data/, models/, indexes/ and runs/ go."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """The whole pipeline on the built-in sample shop: generate data, train the retriever,
+    build the index, train the reranker, evaluate, show example searches, score a query log."""
+    from pipeline.demo import run_demo
+
+    report = run_demo(workdir, quick=quick)
+    if json_out:
+        emit_json(report)
+        return
+    print_evaluation(report["evaluation"])
+    for example in report["examples"]:
+        print_table(example["hits"], title=f"{example['query']!r} (vocabulary mismatch: {example['why']})",
+                    columns=["rank", "product_id", "title", "relevance", "p_click", "p_add_to_cart",
+                             "p_purchase", "score"])
+    print_table([report["scored_log"]], title="Scored query log",
+                columns=["output", "rows_in", "rows_out", "computed", "seconds", "rows_per_s"])
+    print_table([{"step": k, "seconds": v} for k, v in report["timings"].items()], title="Timings")
+    info(f"done in {report['seconds']:.0f} s; now try: cd {workdir} && pipeline search \"{report['try']}\"")

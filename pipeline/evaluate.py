@@ -1,0 +1,210 @@
+"""Evaluation of every stage on one split: baselines, the fine-tuned retriever, two-stage.
+
+Systems (each ranks the whole catalog for every query of the split):
+
+* ``bm25``               lexical baseline (bm25s) — the floor any learned model must beat;
+* ``dense-zero-shot``    the bundled MiniLM, not fine-tuned — shows what training buys;
+* ``dense-fine-tuned``   the index at ``index_dir`` (the trained retriever);
+* ``two-stage``          that retriever's top ``candidates`` reranked by the cross-encoder.
+
+Each is scored overall and on the **vocabulary-mismatch** queries (no content word shared
+with any relevant product), where lexical matching fails by construction. Every system's
+run is also written as a TREC run file (query ids as keys) next to a TREC qrels file, so
+the numbers can be re-checked with trec_eval / ir-measures — evaluation here is a separate
+step over run files, as in pyserini. Metrics come only from :mod:`pipeline.metrics`.
+
+The reranker additionally gets per-task engagement metrics: ROC AUC of p(click),
+p(add_to_cart), p(purchase) against whether that event happened for the split's logged
+(query, product) impressions.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import DEFAULT_INDEX_DIR, DEFAULT_RERANKER_DIR, DEFAULT_SEED
+from pipeline.errors import DataError, ShoprankError
+from pipeline.metrics import DEFAULT_MEASURES, aggregate, auc, write_trec_run
+
+SYSTEMS = ("bm25", "dense-zero-shot", "dense-fine-tuned", "two-stage")
+TASK_LABELS = {"click": "clicks", "add_to_cart": "add_to_carts", "purchase": "purchases"}
+Ranker = Callable[[list[str]], tuple[list[list[str]], list[Sequence[float]]]]
+
+
+def _qrels_dict(qrels_df: Any) -> dict[str, dict[str, int]]:
+    """``{query: {product_id: grade}}`` (the shared helper if the data module has it)."""
+    try:
+        from pipeline.data import qrels_dict
+
+        return qrels_dict(qrels_df)
+    except ImportError:
+        out: dict[str, dict[str, int]] = {}
+        for q, pid, rel in qrels_df[["query", "product_id", "relevance"]].itertuples(index=False):
+            out.setdefault(str(q), {})[str(pid)] = int(rel)
+        return out
+
+
+def write_trec_qrels(path: str | os.PathLike[str], qrels: dict[str, dict[str, int]]) -> None:
+    """TREC qrels file (``qid 0 docid grade``), the partner of the run files."""
+    from pipeline.artifacts import atomic_write_text
+
+    lines = [f"{qid} 0 {doc} {grade}" for qid, docs in qrels.items() for doc, grade in sorted(docs.items())]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _engagement_metrics(reranker: Any, catalog: Any, engagement: Any, queries: set[str],
+                        max_pairs: int, seed: int, weights: Any = None) -> list[dict[str, Any]]:
+    """Per-task ROC AUC of the reranker's probabilities on the split's logged impressions."""
+    from pipeline.data import product_text
+    from rerank.fusion import fuse
+
+    rows = engagement[engagement["query"].isin(queries) & (engagement["impressions"] > 0)]
+    rows = rows[rows["product_id"].astype(str).isin(set(catalog["product_id"].astype(str)))]
+    if len(rows) > max_pairs:  # a fixed, seeded sample keeps evaluation time bounded
+        rows = rows.sample(n=max_pairs, random_state=seed)
+    if rows.empty:
+        return []
+    texts = dict(zip(catalog["product_id"].astype(str), product_text(catalog)))
+    probs = np.asarray(reranker.predict(rows["query"].astype(str).tolist(),
+                                        [texts[str(p)] for p in rows["product_id"]]), dtype=np.float32)
+    tasks = list(reranker.tasks)
+    fused = fuse(probs, tasks, weights)
+    out = []
+    for j, task in enumerate(tasks):
+        labels = (rows[TASK_LABELS[task]].to_numpy() > 0).astype(int)
+        out.append({"task": task, "pairs": int(len(rows)), "positives": int(labels.sum()),
+                    "auc": auc(labels, probs[:, j]), "auc_fused_score": auc(labels, fused),
+                    "mean_p": float(probs[:, j].mean()), "observed_rate": float(labels.mean())})
+    return out
+
+
+def _dense_zero_shot(catalog: Any, workdir: Path) -> Any:
+    """A flat index over the catalog with the bundled, untrained MiniLM."""
+    from retrieval.encoder import BiEncoder
+    from retrieval.index import Retriever, build_index
+
+    encoder = BiEncoder.load(None)
+    build_index(catalog, encoder, workdir / "zero-shot", index_type="flat", show_progress=False)
+    return Retriever.load(workdir / "zero-shot", encoder=encoder)
+
+
+def evaluate(data_dir: str | os.PathLike[str] | None = None, *, dataset: Any = None,
+             catalog: str | os.PathLike[str] | None = None, queries: str | os.PathLike[str] | None = None,
+             qrels: str | os.PathLike[str] | None = None, engagement: str | os.PathLike[str] | None = None,
+             split: str = "test", index_dir: str | os.PathLike[str] = DEFAULT_INDEX_DIR,
+             reranker: str | os.PathLike[str] | None = DEFAULT_RERANKER_DIR,
+             run_dir: str | os.PathLike[str] | None = None, systems: Sequence[str] = SYSTEMS,
+             candidates: int = 100, depth: int = 100, measures: Sequence[str] = DEFAULT_MEASURES,
+             max_engagement_pairs: int = 2000, seed: int = DEFAULT_SEED) -> dict[str, Any]:
+    """Evaluate the requested systems on ``split``; returns a JSON-able report.
+
+    ``report["rows"]`` is the table (one row per system x subset with each measure);
+    ``report["tasks"]`` the reranker's per-task engagement metrics; ``report["run_files"]``
+    the TREC run files written to ``run_dir`` (a temporary directory if None, removed after).
+    """
+    from pipeline.data import load_dataset, vocabulary_mismatch_queries
+
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown:
+        raise ShoprankError(f"unknown system {unknown[0]!r}; choose from {', '.join(SYSTEMS)}")
+    ds = dataset or load_dataset(data_dir, catalog=catalog, queries=queries, qrels=qrels, engagement=engagement)
+    if ds.queries is None or ds.qrels is None:
+        raise DataError(f"{data_dir or 'evaluation data'}: needs queries and qrels (queries.parquet, qrels.parquet)")
+    split_df = ds.queries[ds.queries["split"] == split] if split != "all" else ds.queries
+    if split_df.empty:
+        raise DataError(f"queries: no queries in split {split!r} (splits: {sorted(ds.queries['split'].unique())})")
+    qid_of: dict[str, str] = {}
+    for qid, text in split_df[["query_id", "query"]].astype(str).itertuples(index=False):
+        qid_of.setdefault(text, qid.replace(" ", "_"))
+    all_qrels = _qrels_dict(ds.qrels)
+    texts = [t for t in qid_of if t in all_qrels]
+    if not texts:
+        raise DataError(f"qrels: no judgements for the {split!r} queries")
+    qrels_by_id = {qid_of[t]: all_qrels[t] for t in texts}
+    mismatch = vocabulary_mismatch_queries(split_df, ds.qrels, ds.catalog)
+    mismatch_ids = [qid_of[t] for t in texts if t in mismatch]
+
+    with tempfile.TemporaryDirectory(prefix="shoprank-eval-") as scratch:
+        out_dir = Path(run_dir) if run_dir else Path(scratch) / "runs"
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ShoprankError(f"{out_dir}: cannot create run directory ({exc.strerror})") from None
+        write_trec_qrels(out_dir / "qrels.txt", qrels_by_id)
+        rankers, details = _build_rankers(ds, systems, Path(scratch), index_dir, reranker,
+                                                     candidates, depth)
+        rows, run_files = [], {}
+        for system, ranker in rankers.items():
+            ids, scores = ranker(texts)
+            run = {qid_of[t]: {pid: float(s) for pid, s in zip(r_ids, r_sc)}
+                   for t, r_ids, r_sc in zip(texts, ids, scores)}
+            path = out_dir / f"{system}.run"
+            write_trec_run(path, run, system)
+            run_files[system] = str(path)
+            for subset, keys in (("all", list(qrels_by_id)), ("mismatch", mismatch_ids)):
+                values = aggregate(run, qrels_by_id, measures, queries=keys) if keys else {m: float("nan") for m in measures}
+                rows.append({"system": system, "subset": subset, "queries": len(keys), **values})
+        task_rows = []
+        if "two-stage" in details and ds.engagement is not None:
+            task_rows = _engagement_metrics(details["two-stage"], ds.catalog, ds.engagement, set(texts),
+                                            max_engagement_pairs, seed)
+        report = {
+            "split": split, "queries": len(texts), "mismatch_queries": len(mismatch_ids),
+            "measures": list(measures), "rows": rows, "tasks": task_rows,
+            "run_dir": str(out_dir) if run_dir else None,
+            "run_files": run_files if run_dir else {},
+            "qrels_file": str(out_dir / "qrels.txt") if run_dir else None,
+            "models": {k: v for k, v in details.items() if isinstance(v, str)},
+        }
+    return report
+
+
+def _build_rankers(ds: Any, systems: Sequence[str], scratch: Path, index_dir: Any, reranker: Any,
+                   candidates: int, depth: int) -> tuple[dict[str, Ranker], dict[str, Any]]:
+    """One ranking function per system (texts -> ids, scores), loading each model once."""
+    rankers: dict[str, Ranker] = {}
+    details: dict[str, Any] = {}
+    if "bm25" in systems:
+        from retrieval.lexical import BM25Retriever
+
+        bm25 = BM25Retriever(ds.catalog)
+        rankers["bm25"] = lambda qs: bm25.search(qs, k=depth)
+    if "dense-zero-shot" in systems:
+        zero = _dense_zero_shot(ds.catalog, scratch)
+        details["dense-zero-shot-model"] = str(zero.encoder.model_id)
+        rankers["dense-zero-shot"] = lambda qs: zero.search(qs, k=depth)
+    if {"dense-fine-tuned", "two-stage"} & set(systems):
+        from pipeline.search import TwoStageSearcher
+        from retrieval.index import Retriever
+
+        # Always rank the dataset's own catalog (never a default path on disk).
+        model = _load_reranker(reranker) if "two-stage" in systems else None
+        searcher = TwoStageSearcher(Retriever.load(index_dir), model, ds.catalog)
+        details["dense-fine-tuned-model"] = str(searcher.retriever.encoder.model_id)
+        if "dense-fine-tuned" in systems:
+            rankers["dense-fine-tuned"] = lambda qs: searcher.retriever.search(qs, k=depth)
+        if "two-stage" in systems:
+            details["two-stage"] = searcher.reranker
+            details["reranker"] = str(searcher.reranker.manifest.get("id", ""))
+
+            def two_stage(qs: list[str]) -> tuple[list[list[str]], list[list[float]]]:
+                hits = searcher.search_many(qs, k=candidates, candidates=candidates)
+                return [[h.product_id for h in row] for row in hits], [[h.score for h in row] for row in hits]
+
+            rankers["two-stage"] = two_stage
+    return rankers, details
+
+
+def _load_reranker(path: Any) -> Any:
+    """The trained cross-encoder at ``path`` (ArtifactError if there is none)."""
+    from pipeline.errors import ArtifactError
+    from rerank.model import MultiTaskCrossEncoder
+
+    if path is None or not (Path(path) / "manifest.json").is_file():
+        raise ArtifactError(f"{path}: no trained reranker here (two-stage evaluation needs one)")
+    return MultiTaskCrossEncoder.load(path)
