@@ -1,37 +1,58 @@
 """Data contracts and loaders: catalog, engagement, query log, qrels.
 
-STUB written by the lead so the stages can start; the data helper replaces the loaders
-with full validation and schema mapping, keeping these signatures.
+Every loader returns a pandas DataFrame with the canonical columns below (string ids,
+int64 counts/grades, float64 price), whatever the input format (Parquet, CSV, TSV, JSONL)
+or column names (a schema mapping renames them, see :mod:`pipeline.schema`). Bad input
+raises a one-line :class:`DataError` naming the file, the column and the row (rows are
+counted from 1 = first data record, after any header), because a message that says
+*where* is what lets someone fix a million-row file.
 
-Contracts (see ARCHITECTURE.md): every loader returns a pandas DataFrame with the
-canonical columns below, string ids, and one-line DataError on bad input.
+Stages may import this module (a leaf: it imports nothing from retrieval/ or rerank/).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import io
+import json
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
+
+from pipeline.errors import DataError
+from pipeline.schema import Mapping, SectionMapping, load_mapping
 
 CATALOG_COLUMNS = ["product_id", "title", "description", "brand", "category", "attributes", "price"]
 ENGAGEMENT_COLUMNS = ["query", "product_id", "impressions", "clicks", "add_to_carts", "purchases"]
 FUNNEL = ["impressions", "clicks", "add_to_carts", "purchases"]
+EVENTS = {"impression": "impressions", "click": "clicks", "add_to_cart": "add_to_carts", "purchase": "purchases"}
 QUERY_COLUMNS = ["query_id", "query", "split"]
 QRELS_COLUMNS = ["query", "product_id", "relevance"]
+SPLITS = ("train", "valid", "test")
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv",
+           ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 
 
 @dataclass
 class Dataset:
-    """Everything a training or evaluation command reads, already validated."""
+    """Everything a training or evaluation command reads, already validated.
+
+    ``report`` records what loading did (rows read, unknown product ids skipped, event
+    rows aggregated) so `pipeline validate` can show it.
+    """
 
     catalog: pd.DataFrame
     engagement: pd.DataFrame | None = None
     queries: pd.DataFrame | None = None
     qrels: pd.DataFrame | None = None
+    report: dict[str, Any] = field(default_factory=dict)
 
     def split_queries(self, split: str) -> list[str]:
         """Query texts of one split (train / valid / test)."""
-        assert self.queries is not None
+        if self.queries is None:
+            raise DataError("no queries file loaded: cannot select a split")
         return self.queries.loc[self.queries["split"] == split, "query"].tolist()
 
 
@@ -80,20 +101,361 @@ def vocabulary_mismatch_queries(queries: pd.DataFrame, qrels: pd.DataFrame, cata
     return out
 
 
+# ----------------------------------------------------------------------------- reading
+def warn(message: str) -> None:
+    """Data warnings go to stderr (one line) so stdout stays clean for --json."""
+    sys.stderr.write(f"warning: {message}\n")
+
+
+def _utf8_error(path: Path, raw: bytes, exc: UnicodeDecodeError, sep: str | None) -> DataError:
+    """Name line (and column, for delimited text) of the first byte that is not UTF-8."""
+    line_start = raw.rfind(b"\n", 0, exc.start) + 1
+    line_no = raw.count(b"\n", 0, exc.start) + 1
+    where = f"line {line_no}"
+    if sep is not None:
+        header = raw[: raw.find(b"\n")].decode("utf-8", errors="replace").rstrip("\r").split(sep)
+        col = raw[line_start:exc.start].decode("utf-8", errors="replace").count(sep)
+        row = line_no - 1
+        name = header[col] if col < len(header) else f"#{col + 1}"
+        where = f"column {name!r}, row {row}"
+    return DataError(f"{path}: {where}: not valid UTF-8 text (byte 0x{raw[exc.start]:02x})")
+
+
+def read_table(path: str | Path, fmt: str | None = None) -> pd.DataFrame:
+    """Read one file into a DataFrame of strings/values, with one-line errors.
+
+    Delimited text and JSONL are decoded strictly as UTF-8 first (so a bad byte is reported
+    with its line), then parsed with every field as a string; typing happens in validation.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a data file")
+    kind = fmt or FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(f"{path}: unknown file type {path.suffix!r} (use .parquet, .csv, .tsv or .jsonl)")
+    if kind == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path).to_pandas()
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            detail = str(exc).splitlines()[0][:120] if str(exc) else exc.__class__.__name__
+            raise DataError(f"{path}: unreadable or truncated Parquet file ({detail})") from None
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    sep = {"csv": ",", "tsv": "\t"}.get(kind)
+    try:
+        text = raw.decode("utf-8-sig") if raw.startswith(b"\xef\xbb\xbf") else raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _utf8_error(path, raw, exc, sep) from None
+    if not text.strip():
+        raise DataError(f"{path}: empty file")
+    if kind == "jsonl":
+        return _read_jsonl(path, text)
+    try:
+        return pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_filter=False,
+                           engine="c")
+    except (pd.errors.ParserError, ValueError) as exc:
+        detail = str(exc).strip().splitlines()[-1][:160]
+        raise DataError(f"{path}: unreadable or truncated {kind.upper()} file ({detail})") from None
+
+
+def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
+    records = []
+    for line_no, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: line {line_no}: invalid JSON ({exc.msg}; truncated file?)") from None
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}: line {line_no}: expected a JSON object per line")
+        records.append(rec)
+    return pd.DataFrame.from_records(records)
+
+
+# ----------------------------------------------------------------------------- validation
+def _require(frame: pd.DataFrame, columns: list[str], path: Path, section: SectionMapping) -> None:
+    for col in columns:
+        if col not in frame.columns:
+            source = section.source_name(col)
+            hint = f" (mapped from {source!r})" if source != col else ""
+            have = ", ".join(map(str, frame.columns[:12]))
+            raise DataError(f"{path}: missing required column {col!r}{hint}; found: {have}")
+
+
+def _as_str(frame: pd.DataFrame, col: str) -> pd.Series:
+    """String column: NaN/None become empty, numbers become their text (ids like 123)."""
+    s = frame[col]
+    if pd.api.types.is_float_dtype(s) and s.dropna().apply(float.is_integer).all():
+        s = s.astype("Int64")
+    return s.astype(object).where(s.notna(), "").astype(str).str.strip()
+
+
+def _bad_row(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def _as_int(frame: pd.DataFrame, col: str, path: Path, *, minimum: int | None = 0) -> np.ndarray:
+    """Integer column with a row-naming error for non-integers and negatives."""
+    raw = frame[col]
+    num = pd.to_numeric(raw, errors="coerce")
+    blank = raw.astype(str).str.strip() == "" if raw.dtype == object or pd.api.types.is_string_dtype(raw) else None
+    values = num.to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isfinite(values)
+    bad |= np.where(np.isfinite(values), values % 1 != 0, False)
+    if bad.any():
+        i = _bad_row(bad)
+        value = raw.iloc[i]
+        what = "empty value" if blank is not None and bool(blank.iloc[i]) else f"not an integer: {value!r}"
+        raise DataError(f"{path}: column {col!r}, row {i + 1}: {what}")
+    out = values.astype(np.int64)
+    if minimum is not None and (out < minimum).any():
+        i = _bad_row(out < minimum)
+        raise DataError(f"{path}: column {col!r}, row {i + 1}: negative count {out[i]}" if minimum == 0 else
+                        f"{path}: column {col!r}, row {i + 1}: value {out[i]} below {minimum}")
+    return out
+
+
+def _frame_in(source: str | Path | pd.DataFrame, section: SectionMapping) -> tuple[pd.DataFrame, Path]:
+    if isinstance(source, pd.DataFrame):
+        frame, path = source.copy(), Path("<dataframe>")
+    else:
+        path = Path(source)
+        frame = read_table(path, section.format)
+    return section.apply(frame, path), path
+
+
+def load_catalog(source: str | Path | pd.DataFrame, mapping: Mapping | str | Path | dict | None = None) -> pd.DataFrame:
+    """Catalog with unique non-empty ``product_id``, non-empty ``title`` and canonical columns."""
+    section = load_mapping(mapping).catalog
+    frame, path = _frame_in(source, section)
+    _require(frame, ["product_id", "title"], path, section)
+    out = pd.DataFrame({"product_id": _as_str(frame, "product_id")})
+    empty = (out["product_id"] == "").to_numpy()
+    if empty.any():
+        raise DataError(f"{path}: column 'product_id', row {_bad_row(empty) + 1}: empty product_id")
+    dup = out["product_id"].duplicated().to_numpy()
+    if dup.any():
+        i = _bad_row(dup)
+        pid = out["product_id"].iloc[i]
+        first = int(np.flatnonzero((out["product_id"] == pid).to_numpy())[0])
+        raise DataError(f"{path}: column 'product_id', row {i + 1}: duplicate product_id {pid!r} (first at row {first + 1})")
+    out["title"] = _as_str(frame, "title")
+    empty = (out["title"] == "").to_numpy()
+    if empty.any():
+        raise DataError(f"{path}: column 'title', row {_bad_row(empty) + 1}: empty title")
+    for col in ("description", "brand", "category", "attributes"):
+        out[col] = _as_str(frame, col) if col in frame.columns else ""
+    if "price" in frame.columns:
+        raw = frame["price"]
+        price = pd.to_numeric(raw, errors="coerce")
+        bad = (price.isna() & (raw.astype(str).str.strip() != "") & raw.notna()).to_numpy().copy()
+        bad |= (price < 0).fillna(False).to_numpy()
+        if bad.any():
+            i = _bad_row(bad)
+            raise DataError(f"{path}: column 'price', row {i + 1}: not a non-negative number: {raw.iloc[i]!r}")
+        out["price"] = price.astype(np.float64).to_numpy()
+    else:
+        out["price"] = np.nan
+    if "rating" in frame.columns:
+        out["rating"] = pd.to_numeric(frame["rating"], errors="coerce").astype(np.float64).to_numpy()
+    return out.reset_index(drop=True)
+
+
+def _aggregate_events(frame: pd.DataFrame, path: Path, section: SectionMapping) -> pd.DataFrame:
+    """One row per event -> one row per (query, product) with funnel counts."""
+    _require(frame, ["query", "product_id", "event"], path, section)
+    events = _as_str(frame, "event").str.lower().map(lambda e: section.events.get(e, e))
+    bad = ~events.isin(list(EVENTS)).to_numpy()
+    if bad.any():
+        i = _bad_row(bad)
+        raise DataError(f"{path}: column 'event', row {i + 1}: unknown event {frame['event'].iloc[i]!r} "
+                        f"(expected one of {', '.join(EVENTS)}; map others in [engagement.events])")
+    counts = pd.get_dummies(events.map(EVENTS)).reindex(columns=FUNNEL, fill_value=False).astype(np.int64)
+    keyed = pd.concat([pd.DataFrame({"query": _as_str(frame, "query"), "product_id": _as_str(frame, "product_id")}),
+                       counts], axis=1)
+    agg = keyed.groupby(["query", "product_id"], sort=True, as_index=False)[FUNNEL].sum()
+    return agg
+
+
+def load_engagement(source: str | Path | pd.DataFrame, mapping: Mapping | str | Path | dict | None = None,
+                    catalog_ids: set[str] | pd.Series | None = None, report: dict | None = None) -> pd.DataFrame:
+    """Engagement counts per (query, product), funnel-checked; event logs are aggregated.
+
+    Rows whose product_id is not in ``catalog_ids`` are counted, reported with a warning
+    and skipped (logs outlive catalogs; that is expected, not fatal).
+    """
+    section = load_mapping(mapping).engagement
+    frame, path = _frame_in(source, section)
+    report = report if report is not None else {}
+    is_events = "event" in frame.columns and not set(FUNNEL) & set(frame.columns)
+    if is_events:
+        report["engagement_event_rows"] = int(len(frame))
+        frame = _aggregate_events(frame, path, section)
+    _require(frame, ENGAGEMENT_COLUMNS, path, section)
+    out = pd.DataFrame({"query": _as_str(frame, "query"), "product_id": _as_str(frame, "product_id")})
+    for col in FUNNEL:
+        out[col] = _as_int(frame, col, path)
+    for upper, lower in zip(FUNNEL, FUNNEL[1:]):
+        bad = (out[lower] > out[upper]).to_numpy()
+        if bad.any():
+            i = _bad_row(bad)
+            key = f" for ({out['query'].iloc[i]!r}, {out['product_id'].iloc[i]!r}) after aggregating events" if is_events else ""
+            raise DataError(f"{path}: column {lower!r}, row {i + 1}: funnel violation{key}: "
+                            f"{lower} ({out[lower].iloc[i]}) > {upper} ({out[upper].iloc[i]})")
+    for col in ("position",):
+        if col in frame.columns:
+            out[col] = pd.to_numeric(frame[col], errors="coerce").astype(np.float64).to_numpy()
+    out = _drop_unknown(out, catalog_ids, path, "engagement", report)
+    if out.duplicated(["query", "product_id"]).any():   # e.g. daily rows: sum them
+        keep = [c for c in out.columns if c in FUNNEL or c in ("query", "product_id")]
+        out = out[keep].groupby(["query", "product_id"], sort=True, as_index=False)[FUNNEL].sum()
+    report["engagement_rows"] = int(len(out))
+    return out.reset_index(drop=True)
+
+
+def _drop_unknown(frame: pd.DataFrame, catalog_ids, path: Path, what: str, report: dict) -> pd.DataFrame:
+    if catalog_ids is None:
+        return frame
+    known = frame["product_id"].isin(catalog_ids if not isinstance(catalog_ids, set) else list(catalog_ids))
+    n_unknown = int((~known).sum())
+    report[f"{what}_unknown_products"] = n_unknown
+    if n_unknown:
+        first = frame.loc[~known, "product_id"].iloc[0]
+        warn(f"{path}: {n_unknown} {what} row(s) refer to product ids not in the catalog "
+             f"(e.g. {first!r}); skipped")
+        frame = frame[known]
+    return frame
+
+
+def load_queries(source: str | Path | pd.DataFrame, mapping: Mapping | str | Path | dict | None = None,
+                 default_split: str = "test") -> pd.DataFrame:
+    """Queries with ``query_id``, ``query``, ``split`` (+ extra columns kept).
+
+    A missing ``split`` column means every query is ``default_split``; a missing
+    ``query_id`` is generated from the row number. No query text may be in two splits.
+    """
+    section = load_mapping(mapping).queries
+    frame, path = _frame_in(source, section)
+    _require(frame, ["query"], path, section)
+    out = pd.DataFrame({"query_id": _as_str(frame, "query_id") if "query_id" in frame.columns
+                        else [f"q{i:06d}" for i in range(len(frame))],
+                        "query": _as_str(frame, "query")})
+    empty = (out["query"] == "").to_numpy()
+    if empty.any():
+        raise DataError(f"{path}: column 'query', row {_bad_row(empty) + 1}: empty query")
+    out["split"] = _as_str(frame, "split").str.lower() if "split" in frame.columns else default_split
+    bad = ~out["split"].isin(SPLITS).to_numpy()
+    if bad.any():
+        i = _bad_row(bad)
+        raise DataError(f"{path}: column 'split', row {i + 1}: unknown split {out['split'].iloc[i]!r} "
+                        f"(expected {', '.join(SPLITS)})")
+    n_splits = out.groupby("query")["split"].nunique()
+    if (n_splits > 1).any():
+        q = n_splits[n_splits > 1].index[0]
+        rows = np.flatnonzero((out["query"] == q).to_numpy())
+        raise DataError(f"{path}: column 'split', row {rows[-1] + 1}: query {q!r} is in more than one split")
+    for col in frame.columns:
+        if col not in out.columns:
+            out[col] = frame[col].to_numpy()
+    return out.reset_index(drop=True)
+
+
+def load_qrels(source: str | Path | pd.DataFrame, mapping: Mapping | str | Path | dict | None = None,
+               catalog_ids=None, queries: pd.DataFrame | None = None, report: dict | None = None) -> pd.DataFrame:
+    """Graded judgements ``query``, ``product_id``, ``relevance`` (int >= 0).
+
+    String labels are mapped to grades by the mapping's ``labels`` (a table or a preset:
+    ``esci`` E/S/C/I -> 3/2/1/0, ``wands`` Exact/Partial/Irrelevant -> 2/1/0). A qrels
+    file keyed by ``query_id`` (WANDS) is resolved against ``queries``.
+    """
+    section = load_mapping(mapping).qrels
+    frame, path = _frame_in(source, section)
+    report = report if report is not None else {}
+    if "query" not in frame.columns and "query_id" in frame.columns and queries is not None:
+        texts = dict(zip(queries["query_id"].astype(str), queries["query"]))
+        qid = _as_str(frame, "query_id")
+        missing = ~qid.isin(list(texts)).to_numpy()
+        if missing.any():
+            i = _bad_row(missing)
+            raise DataError(f"{path}: column 'query_id', row {i + 1}: query id {qid.iloc[i]!r} not in the queries file")
+        frame = frame.assign(query=qid.map(texts).to_numpy())
+    _require(frame, QRELS_COLUMNS, path, section)
+    out = pd.DataFrame({"query": _as_str(frame, "query"), "product_id": _as_str(frame, "product_id")})
+    labels = frame["relevance"]
+    if section.labels:
+        key = _as_str(frame, "relevance")
+        mapped = key.map(lambda v: section.labels.get(v, section.labels.get(v.lower())))
+        bad = mapped.isna().to_numpy()
+        if bad.any():
+            i = _bad_row(bad)
+            raise DataError(f"{path}: column 'relevance', row {i + 1}: label {key.iloc[i]!r} is not in the "
+                            f"label map ({', '.join(map(str, section.labels))})")
+        labels = mapped
+    frame = frame.assign(relevance=labels.to_numpy())
+    try:
+        out["relevance"] = _as_int(frame, "relevance", path, minimum=0)
+    except DataError as exc:
+        raise DataError(f"{exc} (string labels need a [qrels] labels map or preset in --mapping)") from None
+    out = _drop_unknown(out, catalog_ids, path, "qrels", report)
+    report["qrels_rows"] = int(len(out))
+    return out.reset_index(drop=True)
+
+
+def write_parquet(frame: pd.DataFrame, path: str | Path) -> None:
+    """Deterministic Parquet: no index and no pandas metadata, so the same frame always
+    gives the same bytes (the sample world's reproducibility contract)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
+    pq.write_table(table, path, compression="zstd", write_statistics=True)
+
+
+# ----------------------------------------------------------------------------- dataset
+def _find(base: Path | None, name: str) -> Path | None:
+    if base is None:
+        return None
+    for suffix in (".parquet", ".csv", ".tsv", ".jsonl"):
+        if (base / f"{name}{suffix}").exists():
+            return base / f"{name}{suffix}"
+    return None
+
+
 def load_dataset(data_dir: str | Path | None = None, *, catalog: str | Path | None = None,
                  engagement: str | Path | None = None, queries: str | Path | None = None,
-                 qrels: str | Path | None = None) -> Dataset:
-    """Load a dataset directory (catalog/engagement/queries/qrels .parquet) or explicit files."""
+                 qrels: str | Path | None = None, mapping: Mapping | str | Path | dict | None = None) -> Dataset:
+    """Load and validate a dataset directory (``catalog``/``engagement``/``queries``/``qrels``
+    as .parquet/.csv/.tsv/.jsonl) and/or explicit files (which win over the directory).
+
+    A catalog is required; the other parts are optional. Engagement and qrels rows for
+    unknown products are skipped with a warning.
+    """
     base = Path(data_dir) if data_dir else None
-
-    def pick(explicit, name):
-        if explicit:
-            return Path(explicit)
-        if base is not None and (base / f"{name}.parquet").exists():
-            return base / f"{name}.parquet"
-        return None
-
-    paths = {n: pick(e, n) for n, e in [("catalog", catalog), ("engagement", engagement),
-                                         ("queries", queries), ("qrels", qrels)]}
-    frames = {n: (pd.read_parquet(p) if p else None) for n, p in paths.items()}
-    return Dataset(**frames)
+    if base is not None and not base.is_dir():
+        raise DataError(f"{base}: data directory not found")
+    schema = load_mapping(mapping)
+    paths = {name: (Path(explicit) if explicit else _find(base, name))
+             for name, explicit in (("catalog", catalog), ("engagement", engagement),
+                                    ("queries", queries), ("qrels", qrels))}
+    if paths["catalog"] is None:
+        where = f"in {base}" if base is not None else "(pass --catalog or a data directory)"
+        raise DataError(f"no catalog file found {where}")
+    report: dict[str, Any] = {}
+    cat = load_catalog(paths["catalog"], schema)
+    ids = set(cat["product_id"])
+    report["catalog_rows"] = int(len(cat))
+    qs = load_queries(paths["queries"], schema) if paths["queries"] else None
+    if qs is not None:
+        report["queries_rows"] = int(len(qs))
+    eng = load_engagement(paths["engagement"], schema, catalog_ids=ids, report=report) if paths["engagement"] else None
+    qr = load_qrels(paths["qrels"], schema, catalog_ids=ids, queries=qs, report=report) if paths["qrels"] else None
+    report["files"] = {k: str(v) for k, v in paths.items() if v is not None}
+    return Dataset(catalog=cat, engagement=eng, queries=qs, qrels=qr, report=report)

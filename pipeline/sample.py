@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import sample_vocab as V
+from pipeline.data import write_parquet
 from pipeline.simulate import UserModel, funnel_rates, simulate_engagement
 
 SPLIT_SHARES = (("train", 0.7), ("valid", 0.15), ("test", 0.15))
@@ -333,15 +334,6 @@ def _readme(stats: dict, seed: int) -> str:
     for intent, row in stats["by_intent"].items():
         lines.append(f"| {intent} | {row['queries']} | {row['mismatch_share']:.3f} |")
     return "\n".join(lines) + "\n"
-
-
-def write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    """Deterministic Parquet: no index, no pandas metadata (it is where variability hides)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
-    pq.write_table(table, path, compression="zstd", write_statistics=True)
 
 
 def write_sample(out_dir: str | Path, n_products: int = 5000, n_queries: int = 1000, seed: int = 13) -> dict:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -38,9 +39,9 @@ class UserModel:
     pool: int = 60                       # ranker's candidate pool before session noise
     sessions_mean: float = 40.0          # mean searches per query (Zipf-like spread)
     examine_power: float = 0.7           # P(examine pos) = 1 / pos ** power
-    attract: tuple[float, ...] = (0.025, 0.10, 0.30, 0.55)     # P(click | examined, grade)
-    cart: tuple[float, ...] = (0.03, 0.12, 0.28, 0.45)        # P(cart | click, grade), rating-scaled
-    buy: tuple[float, ...] = (0.15, 0.30, 0.50, 0.65)         # P(buy | cart, grade), price-scaled
+    attract: tuple[float, ...] = (0.02, 0.08, 0.25, 0.45)     # P(click | examined, grade)
+    cart: tuple[float, ...] = (0.02, 0.08, 0.20, 0.32)        # P(cart | click, grade), rating-scaled
+    buy: tuple[float, ...] = (0.10, 0.22, 0.36, 0.50)         # P(buy | cart, grade), price-scaled
     w_lexical: float = 1.0
     w_prior: float = 0.7                 # weight of the noisy historical-engagement prior
     prior_known: float = 0.55            # share of pairs for which that prior exists
@@ -195,3 +196,26 @@ def funnel_rates(engagement: pd.DataFrame) -> dict[str, float]:
         "purchase_rate": float(engagement["purchases"].sum()) / imp,
         "cart_per_click": float(engagement["add_to_carts"].sum()) / (clicks or 1.0),
     }
+
+
+def engagement_from_labels(qrels: str | Path, catalog: str | Path, out: str | Path, *, seed: int = 13,
+                           mapping: str | Path | None = None) -> dict:
+    """`pipeline simulate-engagement`: load a labelled dataset (through the schema mapping),
+    simulate engagement with the same user model as the sample world, write Parquet.
+
+    This is how a public relevance dataset without logs (ESCI, WANDS) can train the whole
+    pipeline. Returns statistics (rows, funnel rates, skipped unknown products).
+    """
+    from pipeline.artifacts import atomic_path
+    from pipeline.data import load_catalog, load_qrels, write_parquet
+
+    cat = load_catalog(catalog, mapping)
+    report: dict = {}
+    judged = load_qrels(qrels, mapping, catalog_ids=set(cat["product_id"]), report=report)
+    engagement = simulate_engagement(judged, cat, seed=seed)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        write_parquet(engagement, tmp)
+    return {"out": str(out), "queries": int(engagement["query"].nunique()), "rows": int(len(engagement)),
+            "qrels_unknown_products": report.get("qrels_unknown_products", 0), **funnel_rates(engagement)}
