@@ -459,3 +459,40 @@ def load_dataset(data_dir: str | Path | None = None, *, catalog: str | Path | No
     qr = load_qrels(paths["qrels"], schema, catalog_ids=ids, queries=qs, report=report) if paths["qrels"] else None
     report["files"] = {k: str(v) for k, v in paths.items() if v is not None}
     return Dataset(catalog=cat, engagement=eng, queries=qs, qrels=qr, report=report)
+
+
+def dataset_stats(ds: Dataset) -> dict[str, Any]:
+    """Counts and rates that tell whether a loaded dataset is usable for training and
+    evaluation: rows per part, skipped unknown products, funnel rates, grade histogram,
+    split sizes and the vocabulary-mismatch share."""
+    stats: dict[str, Any] = {"products": int(len(ds.catalog)),
+                             "categories": int(ds.catalog["category"].replace("", np.nan).nunique())}
+    if ds.queries is not None:
+        stats["queries"] = int(len(ds.queries))
+        for split in SPLITS:
+            stats[f"queries_{split}"] = int((ds.queries["split"] == split).sum())
+    if ds.engagement is not None:
+        eng = ds.engagement
+        imp = max(1, int(eng["impressions"].sum()))
+        stats.update({"engagement_rows": int(len(eng)), "impressions": int(eng["impressions"].sum()),
+                      "click_rate": float(eng["clicks"].sum() / imp),
+                      "add_to_cart_rate": float(eng["add_to_carts"].sum() / imp),
+                      "purchase_rate": float(eng["purchases"].sum() / imp),
+                      "engagement_unknown_products": int(ds.report.get("engagement_unknown_products", 0))})
+    if ds.qrels is not None:
+        stats["qrels_rows"] = int(len(ds.qrels))
+        stats["qrels_queries"] = int(ds.qrels["query"].nunique())
+        for grade, count in ds.qrels["relevance"].value_counts().sort_index().items():
+            stats[f"grade_{int(grade)}"] = int(count)
+        stats["qrels_unknown_products"] = int(ds.report.get("qrels_unknown_products", 0))
+        qs = ds.queries if ds.queries is not None else pd.DataFrame({"query": ds.qrels["query"].unique()})
+        mismatch = vocabulary_mismatch_queries(qs, ds.qrels, ds.catalog)
+        stats["mismatch_queries"] = len(mismatch)
+        stats["mismatch_share"] = len(mismatch) / max(1, len(qs))
+    return stats
+
+
+def validate(data_dir: str | Path | None = None, **files: Any) -> dict[str, Any]:
+    """`pipeline validate`: load (raising on the first contract violation) and summarise."""
+    ds = load_dataset(data_dir, **files)
+    return {"files": ds.report.get("files", {}), **dataset_stats(ds)}
