@@ -1,0 +1,129 @@
+"""The sample world: deterministic, contract-valid, and a real ranking problem
+(vocabulary mismatch, graded relevance, a funnel in the documented ranges)."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.data import load_dataset, vocabulary_mismatch_queries
+from pipeline.sample import generate_sample, misspell, write_sample
+from pipeline.textutil import content_words
+
+FILES = ("catalog.parquet", "engagement.parquet", "queries.parquet", "qrels.parquet")
+
+
+@pytest.fixture(scope="module")
+def world():
+    return generate_sample(n_products=1200, n_queries=250, seed=5)
+
+
+def test_same_seed_gives_byte_identical_parquet(tmp_path) -> None:
+    digests = []
+    for name in ("a", "b"):
+        write_sample(tmp_path / name, n_products=300, n_queries=60, seed=1)
+        digests.append([hashlib.sha256((tmp_path / name / f).read_bytes()).hexdigest() for f in FILES])
+    assert digests[0] == digests[1]
+    write_sample(tmp_path / "c", n_products=300, n_queries=60, seed=2)
+    other = [hashlib.sha256((tmp_path / "c" / f).read_bytes()).hexdigest() for f in FILES]
+    assert other != digests[0]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted([*FILES, "README.md"])
+
+
+def test_fixture_world_validates_and_readme_states_stats(tiny_data_dir) -> None:
+    ds = load_dataset(tiny_data_dir)
+    assert ds.report["engagement_unknown_products"] == 0
+    assert set(ds.queries["split"]) == {"train", "valid", "test"}
+    readme = (tiny_data_dir / "README.md").read_text()
+    mismatch = vocabulary_mismatch_queries(ds.queries, ds.qrels, ds.catalog)
+    assert f"| mismatch_queries | {len(mismatch)} |" in readme
+    assert "click_rate" in readme and "purchase_rate" in readme
+
+
+def test_shop_is_believable(world) -> None:
+    cat = world.catalog
+    assert cat["product_id"].is_unique
+    assert cat["category"].nunique() >= 20 and cat["brand"].nunique() >= 10
+    assert (cat["title"].str.len() > 0).all() and (cat["price"] > 0).all()
+    assert cat["attributes"].str.contains("colour: ").all() and cat["attributes"].str.contains("material: ").all()
+    assert cat["rating"].between(1, 5).all()
+
+
+def test_split_by_text_and_shared_vocabulary(world) -> None:
+    q = world.queries
+    assert q["query"].is_unique                       # so no text can be in two splits
+    assert {"train", "valid", "test"} == set(q["split"])
+    train_words = set().union(*(content_words(t) for t in q.loc[q["split"] == "train", "query"]))
+    test_words = [content_words(t) for t in q.loc[q["split"] == "test", "query"]]
+    # learning transfers: most test queries reuse a word seen in training queries
+    assert np.mean([bool(w & train_words) for w in test_words]) > 0.6
+
+
+def test_vocabulary_mismatch_share_at_least_a_third(world) -> None:
+    mismatch = vocabulary_mismatch_queries(world.queries, world.qrels, world.catalog)
+    share = len(mismatch) / len(world.queries)
+    assert share >= 1 / 3
+    kinds = world.queries.set_index("query").loc[sorted(mismatch), "intent"]
+    assert {"synonym", "jargon", "usecase", "misspelling"} <= set(kinds)
+    exact = world.queries.loc[world.queries["intent"] == "exact", "query"]
+    assert not set(exact) & mismatch                  # catalog-noun queries always match lexically
+
+
+def test_graded_relevance_and_several_relevant_per_query(world) -> None:
+    qr = world.qrels
+    assert set(qr["relevance"].unique()) == {0, 1, 2, 3}
+    per_query = qr[qr["relevance"] >= 2].groupby("query").size().reindex(world.queries["query"]).fillna(0)
+    assert per_query.min() >= 3
+    exact = qr[qr["relevance"] >= 3].groupby("query").size().reindex(world.queries["query"]).fillna(0)
+    assert (exact >= 1).mean() > 0.95
+    # grade 3 products are in the query's category; grade 0 products are not
+    cat = world.catalog.set_index("product_id")["category"]
+    target = world.queries.set_index("query")["category"]
+    g3 = qr[qr["relevance"] == 3]
+    assert (cat.loc[g3["product_id"]].to_numpy() == target.loc[g3["query"]].to_numpy()).all()
+    g0 = qr[qr["relevance"] == 0]
+    assert (cat.loc[g0["product_id"]].to_numpy() != target.loc[g0["query"]].to_numpy()).all()
+
+
+def test_funnel_rates_and_task_differences(world) -> None:
+    e = world.engagement
+    assert (e["purchases"] <= e["add_to_carts"]).all() and (e["add_to_carts"] <= e["clicks"]).all()
+    assert (e["clicks"] <= e["impressions"]).all()
+    imp = e["impressions"].sum()
+    click, cart, buy = (e[c].sum() / imp for c in ("clicks", "add_to_carts", "purchases"))
+    assert 0.05 <= click <= 0.15
+    assert buy < cart < click
+    assert 0.005 <= buy <= 0.03
+    # engagement rises with relevance, including for mismatch queries (the ranker shows them)
+    merged = e.merge(world.qrels, on=["query", "product_id"])
+    ctr = merged.groupby("relevance")[["clicks", "impressions"]].sum()
+    rate = (ctr["clicks"] / ctr["impressions"]).to_numpy()
+    assert (np.diff(rate) > 0).all()
+    mismatch = vocabulary_mismatch_queries(world.queries, world.qrels, world.catalog)
+    mm = merged[merged["query"].isin(mismatch)]
+    assert mm.loc[mm["relevance"] >= 2, "clicks"].sum() > 0.5 * mm["clicks"].sum()
+    # the impressions are not the ground truth: irrelevant products are shown too
+    assert (merged["relevance"] == 0).any() and merged.loc[merged["relevance"] == 0, "impressions"].sum() > 0
+    # purchase depends on price (cheaper converts more) beyond what clicks explain
+    cat = world.catalog.set_index("product_id")
+    merged["rel_price"] = cat.loc[merged["product_id"], "price"].to_numpy() / merged.groupby("query")["product_id"].transform(
+        lambda s: cat.loc[s, "price"].median()).to_numpy()
+    clicked = merged[merged["add_to_carts"] > 0]
+    cheap = clicked["rel_price"] < clicked["rel_price"].median()
+    conv = lambda d: d["purchases"].sum() / d["add_to_carts"].sum()  # noqa: E731
+    assert conv(clicked[cheap]) > conv(clicked[~cheap])
+
+
+def test_misspell_changes_every_long_word() -> None:
+    rng = np.random.default_rng(0)
+    for word in ("running shoe", "sofa", "raincoat", "water boiler"):
+        typo = misspell(word, rng)
+        assert typo != word and len(typo.split()) == len(word.split())
+        assert all(a != b for a, b in zip(typo.split(), word.split()) if len(b) >= 4)
+
+
+def test_bad_sizes_are_refused() -> None:
+    with pytest.raises(ValueError):
+        generate_sample(n_products=10, n_queries=50, seed=1)
