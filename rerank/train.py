@@ -1,0 +1,236 @@
+"""Multi-task reranker training on transformers' ``Trainer``.
+
+Why a Trainer subclass rather than a loop: seeding (``seed`` + ``data_seed``), the shuffled
+sampler, LR schedule with warm-up, gradient clipping, progress bar and logging are all the
+Trainer's, well tested. We only add what is specific to us:
+
+* :class:`RerankTrainer.compute_loss` — the weighted multi-task loss (:mod:`rerank.losses`),
+  keeping running per-task losses that are shown in the progress bar's log lines;
+* :meth:`RerankTrainer.evaluate` — our ranking evaluator (:mod:`rerank.evaluation`) instead
+  of a loss over an eval set, run once per epoch;
+* :class:`KeepBestCallback` — remembers the weights of the best epoch (by the evaluator's
+  primary metric) in memory and restores them at the end, so no checkpoints hit the disk.
+
+Encoder and heads are fine-tuned end to end, with a higher learning rate for the freshly
+initialised heads (they start from random, the encoder does not).
+"""
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from pipeline.artifacts import fingerprint_frame
+from pipeline.data import Dataset
+from pipeline.errors import DataError
+from pipeline.runtime import seed_everything
+from rerank.data import build_eval_pairs, build_examples
+from rerank.evaluation import EngagementEvaluator
+from rerank.heads import TASKS
+from rerank.losses import MultiTaskLoss
+from rerank.model import MultiTaskCrossEncoder
+
+
+class _TrainModule(nn.Module):
+    """Model + loss in one module so the optimiser also sees learned loss weights."""
+
+    def __init__(self, model: MultiTaskCrossEncoder, loss: MultiTaskLoss) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = loss
+
+    def forward(self, **batch: torch.Tensor) -> torch.Tensor:  # Trainer never calls it; compute_loss does
+        return self.model(**batch)
+
+
+class _PairCollator:
+    """Tokenises (query, text) pairs per batch: dynamic padding, labels and weights as tensors."""
+
+    def __init__(self, model: MultiTaskCrossEncoder) -> None:
+        self.model = model
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = dict(self.model.tokenize([r["query"] for r in rows], [r["text"] for r in rows]))
+        batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.float32)
+        batch["weights"] = torch.tensor([r["weight"] for r in rows], dtype=torch.float32)
+        return batch
+
+
+class RerankTrainer(Trainer):
+    """``Trainer`` with the multi-task loss and the ranking evaluator."""
+
+    def __init__(self, *args: Any, evaluator: EngagementEvaluator, tasks: Sequence[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.evaluator = evaluator
+        self.tasks = tuple(tasks)
+        self._running = np.zeros(len(self.tasks))
+        self._running_n = 0
+
+    def compute_loss(self, model: nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        module = model.module if hasattr(model, "module") else model
+        labels = inputs.pop("labels")
+        weights = inputs.pop("weights")
+        logp = module.model(**inputs)
+        total, per_task = module.loss(logp, labels, weights)
+        self._running += per_task.cpu().numpy()
+        self._running_n += 1
+        return (total, logp) if return_outputs else total
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the running per-task losses since the last log line (shown by the progress bar)."""
+        if "loss" in logs and self._running_n:
+            for task, value in zip(self.tasks, self._running / self._running_n):
+                logs[f"loss_{task}"] = round(float(value), 4)
+            self._running[:] = 0.0
+            self._running_n = 0
+        super().log(logs, start_time)
+
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None,
+                 metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Per-task NDCG@10 / AUC on the validation pairs (not a loss over an eval set)."""
+        module = self.model.module if hasattr(self.model, "module") else self.model
+        result = self.evaluator(module.model)
+        metrics = {f"{metric_key_prefix}_{k}": float(v) for k, v in result.items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+class KeepBestCallback(TrainerCallback):
+    """Keep an in-memory copy of the weights with the best primary validation metric."""
+
+    def __init__(self, metric: str = "eval_primary") -> None:
+        self.metric = metric
+        self.best: float | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_epoch: float | None = None
+        self.history: list[dict[str, float]] = []
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):  # noqa: ANN001
+        value = (metrics or {}).get(self.metric)
+        self.history.append({"epoch": round(float(state.epoch or 0.0), 3), **(metrics or {})})
+        if value is None or np.isnan(value) or model is None:
+            return
+        if self.best is None or value > self.best:
+            self.best, self.best_epoch = float(value), float(state.epoch or 0.0)
+            self.best_state = copy.deepcopy({k: v.detach().clone() for k, v in model.state_dict().items()})
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+        if self.best_state is not None and model is not None:
+            model.load_state_dict(self.best_state)
+
+
+def _require(dataset: Dataset) -> None:
+    if dataset.engagement is None:
+        raise DataError("train-reranker needs an engagement log (engagement.parquet or --engagement)")
+    if dataset.queries is None:
+        raise DataError("train-reranker needs a queries table with a split column (queries.parquet or --queries)")
+
+
+def _pick(queries: list[str], limit: int | None, seed: int) -> list[str]:
+    if limit is None or limit >= len(queries):
+        return queries
+    rng = np.random.default_rng(seed)
+    return [queries[i] for i in sorted(rng.choice(len(queries), size=limit, replace=False))]
+
+
+def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
+                   candidates: Mapping[str, Sequence[str]] | None = None,
+                   encoder: str | os.PathLike[str] | None = None,
+                   architecture: str = "mmoe", heads: str = "funnel", tasks: Sequence[str] = TASKS,
+                   seed: int = 13, epochs: int = 2, batch_size: int = 32, learning_rate: float = 5e-5,
+                   head_learning_rate: float = 1e-3, max_length: int = 32, label_mode: str = "rate",
+                   negatives: int = 4, task_weights: Sequence[float] | None = None, uncertainty: bool = False,
+                   n_experts: int = 4, max_queries: int | None = None, max_valid_queries: int | None = None,
+                   max_shown_per_query: int | None = None, eval_batch_size: int = 128,
+                   progress: bool = True) -> dict[str, Any]:
+    """Train, validate per epoch, keep the best epoch, save to ``out_dir``; return a report.
+
+    ``candidates``: retriever top-N per train/valid query (computed by the caller); sampled
+    negatives and extra validation pairs come from them. ``None`` = random catalog negatives.
+    """
+    _require(dataset)
+    tasks = list(tasks)
+    train_q = _pick(dataset.split_queries("train"), max_queries, seed)
+    valid_q = _pick(dataset.split_queries("valid"), max_valid_queries, seed)
+    if not train_q:
+        raise DataError("queries: no rows with split == 'train'")
+    examples = build_examples(dataset.engagement, dataset.catalog, train_q, candidates=candidates,
+                              negatives=negatives, label_mode=label_mode, tasks=tasks, seed=seed,
+                              max_shown_per_query=max_shown_per_query)
+    valid_pairs = build_eval_pairs(dataset.engagement, dataset.catalog, valid_q, candidates=candidates)
+    if valid_pairs.empty:
+        raise DataError("queries: no validation pairs (no split == 'valid' queries with engagement)")
+
+    seed_everything(seed)
+    torch.manual_seed(seed)
+    model = MultiTaskCrossEncoder.from_encoder(encoder, tasks=tasks, architecture=architecture, heads=heads,
+                                               n_experts=n_experts, max_length=max_length)
+    loss = MultiTaskLoss(tasks, task_weights, uncertainty)
+    module = _TrainModule(model, loss)
+    label_cols = [f"y_{t}" for t in tasks]
+    train_rows = [{"query": q, "text": t, "labels": list(map(float, y)), "weight": float(w)}
+                  for q, t, y, w in zip(examples["query"], examples["text"],
+                                        examples[label_cols].to_numpy(), examples["weight"])]
+    head_params = list(model.head.parameters()) + list(loss.parameters())
+    optimizer = torch.optim.AdamW([
+        {"params": list(model.encoder.parameters()), "lr": learning_rate},
+        {"params": head_params, "lr": head_learning_rate},
+    ], weight_decay=0.01)
+    steps_per_epoch = max(1, -(-len(train_rows) // batch_size))
+    keep_best = KeepBestCallback()
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="rerank-trainer-") as tmp:
+        args = TrainingArguments(
+            output_dir=tmp, per_device_train_batch_size=batch_size, num_train_epochs=epochs,
+            learning_rate=learning_rate, warmup_steps=0.1, lr_scheduler_type="linear",
+            logging_strategy="steps", logging_steps=max(1, steps_per_epoch // 5),
+            eval_strategy="epoch", save_strategy="no", report_to="none",
+            seed=seed, data_seed=seed, use_cpu=True, disable_tqdm=not progress,
+            remove_unused_columns=False, dataloader_num_workers=0, dataloader_pin_memory=False,
+            max_grad_norm=1.0,
+        )
+        trainer = RerankTrainer(model=module, args=args, train_dataset=train_rows,
+                                eval_dataset=valid_pairs.to_dict("records"),  # read by the evaluator
+                                data_collator=_PairCollator(model), optimizers=(optimizer, None),
+                                callbacks=[keep_best], evaluator=EngagementEvaluator(valid_pairs, batch_size=eval_batch_size),
+                                tasks=tasks)
+        trainer.train()
+    train_seconds = time.time() - started
+    model.eval()
+    history = [{k.removeprefix("eval_"): v for k, v in h.items()} for h in keep_best.history]
+    best = next((h for h in history if h.get("epoch") == round(keep_best.best_epoch or -1, 3)), history[-1] if history else {})
+    data_fp = fingerprint_frame(examples, ["query", "product_id", "source"] + label_cols + ["weight"])
+    report: dict[str, Any] = {
+        "out_dir": str(out_dir), "tasks": tasks, "architecture": architecture, "heads": heads,
+        "label_mode": label_mode, "seed": seed, "max_length": max_length, "negatives": negatives, "epochs": epochs, "best_epoch": keep_best.best_epoch,
+        "train_queries": len(train_q), "valid_queries": len(valid_q), "train_examples": len(examples),
+        "valid_pairs": len(valid_pairs), "steps": trainer.state.global_step,
+        "train_seconds": round(train_seconds, 1), "validation": best, "history": history,
+        "encoder": str(encoder) if encoder else "bundled all-MiniLM-L6-v2",
+    }
+    if uncertainty:
+        report["learned_log_vars"] = [round(float(v), 4) for v in loss.log_vars.detach()]
+    extra = {"loss.log_vars": loss.log_vars.detach()} if uncertainty else None
+    manifest = model.save(out_dir, seed=seed, data_fingerprint=data_fp, extra_state=extra,
+                          report={k: v for k, v in report.items() if k != "history"})
+    report["manifest_id"] = manifest["id"]
+    report["model"] = model
+    return report
+
+
+def public_report(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON-safe part of a training report (drops the in-memory model)."""
+    return {k: v for k, v in report.items() if k != "model"}
+
+
+__all__ = ["train_reranker", "public_report", "RerankTrainer", "KeepBestCallback"]
