@@ -142,7 +142,8 @@ def read_table(path: str | Path, fmt: str | None = None) -> pd.DataFrame:
         try:
             return pq.read_table(path).to_pandas()
         except (pa.ArrowException, OSError, ValueError) as exc:
-            detail = str(exc).splitlines()[0][:120] if str(exc) else exc.__class__.__name__
+            text = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+            detail = text.split(". ")[0].split(": ")[-1][:120]
             raise DataError(f"{path}: unreadable or truncated Parquet file ({detail})") from None
     try:
         raw = path.read_bytes()
