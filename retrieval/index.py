@@ -115,6 +115,20 @@ def _check_vectors(vectors: np.ndarray, dim: int | None = None) -> np.ndarray:
     return vectors
 
 
+def measure_latency(index: Any, vectors: np.ndarray, k: int = 100, n_queries: int = 50) -> dict[str, float]:
+    """Single-query search latency (ms, p50/p95) using stored vectors as queries: what one
+    interactive search pays for the ANN step alone, recorded at build time."""
+    rng = np.random.default_rng(0)
+    sample = vectors[rng.choice(len(vectors), size=min(n_queries, len(vectors)), replace=False)]
+    times = []
+    for vec in sample:
+        t0 = time.perf_counter()
+        index.search(vec[None, :], k)
+        times.append((time.perf_counter() - t0) * 1000)
+    return {"p50": round(float(np.percentile(times, 50)), 3), "p95": round(float(np.percentile(times, 95)), 3),
+            "k": int(k)}
+
+
 def build_from_vectors(vectors: np.ndarray, ids: Sequence[str], out_dir: str | os.PathLike[str], *,
                        index_type: str = "flat", factory: str | None = None, model: dict[str, Any] | None = None,
                        catalog_fingerprint: str | None = None, seed: int = 13, **params: Any) -> dict[str, Any]:
@@ -152,6 +166,7 @@ def build_from_vectors(vectors: np.ndarray, ids: Sequence[str], out_dir: str | o
     _add_vectors(index, vectors, 0)
     _apply_search_params(index, search_params)
     build_seconds = time.perf_counter() - started
+    latency_ms = measure_latency(index, vectors, k=min(100, n))
 
     target = Path(out_dir)
     with atomic_directory(target) as tmp:
@@ -167,7 +182,7 @@ def build_from_vectors(vectors: np.ndarray, ids: Sequence[str], out_dir: str | o
             model_name=(model or {}).get("model_name"), dim=dim, count=n, live=n, tombstoned=0, removed=0,
             metric="inner_product", normalized=True, index_type=index_type, factory=factory,
             search_params=search_params, catalog_fingerprint=catalog_fingerprint,
-            build_seconds=round(build_seconds, 3), index_sha256=sha256_file(tmp / INDEX_FILE),
+            build_seconds=round(build_seconds, 3), query_latency_ms=latency_ms, index_sha256=sha256_file(tmp / INDEX_FILE),
             index_bytes=(tmp / INDEX_FILE).stat().st_size, updates=[],
         )
         write_manifest(tmp, manifest)
@@ -307,6 +322,7 @@ class Retriever:
             "removed": int((self.status == REMOVED).sum()), "vectors_in_faiss": int(self.index.ntotal),
             "model_id": m.get("model_id"), "model_path": m.get("model_path"),
             "catalog_fingerprint": m.get("catalog_fingerprint"), "build_seconds": m.get("build_seconds"),
+            "query_latency_ms": m.get("query_latency_ms"),
             "index_bytes": m.get("index_bytes"), "created": m.get("created"), "updates": len(m.get("updates") or []),
         }
 

@@ -1,0 +1,177 @@
+"""Stage-1 commands: `pipeline train-retriever`, `pipeline build-index`, `pipeline index add|remove|info|compact`.
+
+Thin by design: parse options, call one library function in retrieval/, print a table or
+JSON. Heavy imports (torch, faiss, sentence-transformers, pandas) happen inside the command
+functions so `pipeline --help` stays fast.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from pipeline.cli._app import app, emit_json, info, print_table
+
+index_app = typer.Typer(help="Update or inspect an existing index without a full rebuild.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+
+def _load_catalog(path: Path) -> Any:
+    from pipeline.data import load_dataset
+
+    return load_dataset(catalog=path).catalog
+
+
+def _default_model(model: Optional[Path]) -> Optional[Path]:
+    """--model, else the fine-tuned retriever if one exists at the default path, else bundled (None)."""
+    from pipeline.config import DEFAULT_RETRIEVER_DIR
+
+    if model is not None:
+        return model
+    return DEFAULT_RETRIEVER_DIR if (DEFAULT_RETRIEVER_DIR / "manifest.json").is_file() else None
+
+
+def _show(manifest: dict[str, Any], json_out: bool, index: Path) -> None:
+    if json_out:
+        emit_json(manifest)
+    else:
+        print_table(_index_summary(manifest), title=f"index {index}")
+
+
+def _index_summary(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    keys = ("index_type", "factory", "dim", "count", "live", "tombstoned", "removed", "build_seconds",
+            "encode_seconds", "index_bytes", "query_latency_ms", "model_name", "model_id", "catalog_fingerprint")
+    return [{"field": k, "value": manifest.get(k)} for k in keys if k in manifest]
+
+
+@app.command("train-retriever")
+def train_retriever_cmd(
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset directory (catalog/engagement/queries/qrels .parquet)."),
+    catalog: Optional[Path] = typer.Option(None, "--catalog", help="Catalog file (instead of --data)."),
+    engagement: Optional[Path] = typer.Option(None, "--engagement", help="Engagement file (instead of --data)."),
+    queries: Optional[Path] = typer.Option(None, "--queries", help="Queries file with a split column."),
+    qrels: Optional[Path] = typer.Option(None, "--qrels", help="Graded relevance labels (else derived from engagement)."),
+    out: Path = typer.Option(Path("models/retriever"), "--out", help="Output model directory."),
+    base_model: Optional[Path] = typer.Option(None, "--base-model", help="Starting model folder (default: bundled MiniLM)."),
+    epochs: int = typer.Option(2, help="Training epochs (validated after each; the best is kept)."),
+    batch_size: int = typer.Option(32, help="Batch size (in-batch negatives grow with it)."),
+    max_rows: int = typer.Option(1536, help="Depth-weighted training rows sampled (the CPU budget knob)."),
+    learning_rate: float = typer.Option(5e-5, help="Peak learning rate."),
+    hard_negatives: bool = typer.Option(True, "--hard-negatives/--no-hard-negatives", help="Mine one hard negative per pair."),
+    seed: int = typer.Option(13, help="Random seed."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Fine-tune the bi-encoder on engagement and print BM25 / zero-shot / fine-tuned on the test split."""
+    from pipeline.config import DEFAULT_DATA_DIR
+    from pipeline.data import load_dataset
+    from retrieval.train import train_retriever
+
+    if data is None and catalog is None:
+        data = DEFAULT_DATA_DIR
+    dataset = load_dataset(data, catalog=catalog, engagement=engagement, queries=queries, qrels=qrels)
+    report = train_retriever(dataset, out, base_model=base_model, epochs=epochs, batch_size=batch_size,
+                             max_rows=max_rows, learning_rate=learning_rate, hard_negatives=hard_negatives,
+                             seed=seed, show_progress=not json_out)
+    if json_out:
+        emit_json(report)
+        return
+    from retrieval.evaluation import comparison_rows
+
+    print_table([{"epoch": h["epoch"], "valid Recall@100": h["recall@100"], "valid nDCG@10": h["ndcg@10"]}
+                 for h in report["valid_history"]], title="validation per epoch (best kept)")
+    print_table(comparison_rows(report["test"]), title="test split: overall and vocabulary-mismatch queries")
+    info(f"saved {report['out']} (model_id {report['model_id'][:12]}, {report['seconds']} s)")
+
+
+@app.command("build-index")
+def build_index_cmd(
+    catalog: Optional[Path] = typer.Option(None, "--catalog", help="Catalog file (default: the sample catalog)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Model folder (default: models/retriever if present, else bundled)."),
+    index_type: str = typer.Option("flat", "--index-type", help="flat | hnsw | ivfpq (presets for a FAISS factory string)."),
+    factory: Optional[str] = typer.Option(None, "--factory", help="Any FAISS index_factory string (overrides --index-type)."),
+    out: Path = typer.Option(Path("indexes/default"), "--out", help="Output index directory."),
+    ef_search: Optional[int] = typer.Option(None, "--ef-search", help="HNSW efSearch."),
+    nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF nprobe."),
+    json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+) -> None:
+    """Encode a catalog and write a FAISS index (atomically) with ids and a manifest."""
+    from pipeline.config import DEFAULT_DATA_DIR
+    from retrieval.encoder import BiEncoder
+    from retrieval.index import build_index
+
+    catalog = catalog or DEFAULT_DATA_DIR / "catalog.parquet"
+    frame = _load_catalog(catalog)
+    encoder = BiEncoder.load(_default_model(model))
+    params = {k: v for k, v in {"efSearch": ef_search, "nprobe": nprobe}.items() if v is not None}
+    info(f"encoding {len(frame)} products with {encoder.name} ({encoder.path})")
+    manifest = build_index(frame, encoder, out, index_type, factory=factory, show_progress=not json_out, **params)
+    if json_out:
+        emit_json(manifest)
+    else:
+        print_table(_index_summary(manifest), title=f"index {out}")
+
+
+@index_app.command("add")
+def index_add_cmd(
+    catalog: Path = typer.Option(..., "--catalog", help="Products to add (same columns as the catalog)."),
+    index: Path = typer.Option(Path("indexes/default"), "--index", help="Index directory."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Model folder (default: the one recorded in the index)."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Add (or replace) products in an existing index without rebuilding it."""
+    from retrieval.index import add_products
+
+    encoder = None
+    if model is not None:
+        from retrieval.encoder import BiEncoder
+
+        encoder = BiEncoder.load(model)
+    manifest = add_products(index, _load_catalog(catalog), encoder, show_progress=not json_out)
+    _show(manifest, json_out, index)
+
+
+@index_app.command("remove")
+def index_remove_cmd(
+    product_ids: list[str] = typer.Argument(..., help="Product ids to remove."),
+    index: Path = typer.Option(Path("indexes/default"), "--index", help="Index directory."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Remove products: deleted where FAISS can, else tombstoned until the next rebuild/compact."""
+    from retrieval.index import remove_products
+
+    manifest = remove_products(index, product_ids)
+    _show(manifest, json_out, index)
+
+
+@index_app.command("compact")
+def index_compact_cmd(
+    index: Path = typer.Option(Path("indexes/default"), "--index", help="Index directory."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Rebuild from the index's stored vectors, dropping tombstones (no re-encoding)."""
+    from retrieval.index import compact_index
+
+    manifest = compact_index(index)
+    _show(manifest, json_out, index)
+
+
+@index_app.command("info")
+def index_info_cmd(
+    index: Path = typer.Option(Path("indexes/default"), "--index", help="Index directory."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Also check that this query model matches the index."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Verify an index (checksum, dimension, ids, optional query model) and show its counts and build facts."""
+    from retrieval.index import Retriever
+
+    encoder = None
+    if model is not None:
+        from retrieval.encoder import BiEncoder
+
+        encoder = BiEncoder.load(model)
+    details = Retriever.load(index, encoder, load_encoder=False).info()
+    if json_out:
+        emit_json(details)
+    else:
+        print_table([{"field": k, "value": v} for k, v in details.items()], title=f"index {index}")

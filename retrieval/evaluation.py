@@ -1,0 +1,142 @@
+"""Stage-1 evaluation: exact dense search for a model, the per-epoch validation evaluator,
+and the BM25 / zero-shot / fine-tuned comparison table.
+
+Models are compared with *exact* (brute-force) search so that the numbers measure the
+embeddings, not an approximate index; index quality is measured separately
+(benchmarks/index_recall.py). All metrics come from :mod:`pipeline.metrics`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.metrics import aggregate, run_from_ranked
+from pipeline.runtime import import_torch
+
+import_torch()  # torch before anything that may pull faiss (one import order)
+from sentence_transformers.base.evaluation.evaluator import BaseEvaluator  # noqa: E402
+
+if TYPE_CHECKING:  # pragma: no cover
+
+    from pipeline.data import Dataset
+
+MEASURES = ("Recall@100", "nDCG@10")
+SearchFn = Callable[[list[str], int], tuple[list[list[str]], list[np.ndarray]]]
+
+
+def qrels_for(dataset: "Dataset", queries: Iterable[str]) -> dict[str, dict[str, int]]:
+    """Graded qrels for ``queries``: the dataset's qrels, else grades derived from engagement
+    (purchase 3 > add-to-cart 2 > click 1) so a log-only dataset can still be validated."""
+    from pipeline.data import qrels_dict
+
+    wanted = set(queries)
+    if dataset.qrels is not None and len(dataset.qrels):
+        return qrels_dict(dataset.qrels[dataset.qrels["query"].isin(wanted)])
+    eng = dataset.engagement
+    frame = eng[eng["query"].isin(wanted)][["query", "product_id"]].copy()
+    frame["relevance"] = np.select([eng["purchases"] > 0, eng["add_to_carts"] > 0, eng["clicks"] > 0],
+                                   [3, 2, 1], 0)[eng["query"].isin(wanted).to_numpy()]
+    return qrels_dict(frame)
+
+
+def exact_search(query_vecs: np.ndarray, product_vecs: np.ndarray, ids: Sequence[str],
+                 k: int) -> tuple[list[list[str]], list[np.ndarray]]:
+    """Brute-force inner-product top-k (deterministic ties by position)."""
+    ids_arr = np.asarray(ids)
+    k = min(k, len(ids_arr))
+    scores = query_vecs @ product_vecs.T
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return [ids_arr[row].tolist() for row in top], [scores[i, row] for i, row in enumerate(top)]
+
+
+def dense_search_fn(encode_queries: Callable[[list[str]], np.ndarray], product_vecs: np.ndarray,
+                    ids: Sequence[str]) -> SearchFn:
+    """Wrap an encoder + precomputed product vectors as a ``search(queries, k)`` function."""
+    def search(queries: list[str], k: int) -> tuple[list[list[str]], list[np.ndarray]]:
+        return exact_search(encode_queries(queries), product_vecs, ids, k)
+    return search
+
+
+def score_system(search: SearchFn, queries: Sequence[str], qrels: Mapping[str, Mapping[str, int]],
+                 subsets: Mapping[str, Iterable[str]] | None = None, k: int = 100) -> dict[str, float]:
+    """Recall@100 and nDCG@10 over ``queries`` (and each named subset, keys ``"<subset> <measure>"``)."""
+    queries = [q for q in dict.fromkeys(queries) if q in qrels]
+    ids, scores = search(list(queries), k)
+    run = run_from_ranked(queries, ids, scores)
+    result = aggregate(run, qrels, MEASURES, queries=queries)
+    out = {m: result[m] for m in MEASURES}
+    out["queries"] = float(len(queries))
+    for name, subset in (subsets or {}).items():
+        sub = [q for q in queries if q in set(subset)]
+        part = aggregate(run, qrels, MEASURES, queries=sub)
+        out.update({f"{name} {m}": part[m] for m in MEASURES})
+        out[f"{name} queries"] = float(len(sub))
+    return out
+
+
+class RetrievalEvaluator(BaseEvaluator):
+    """Per-epoch validation for the sentence-transformers trainer: encode the catalog with the
+    model being trained, search exactly, report Recall@100 / nDCG@10 (via pipeline.metrics).
+
+    ``primary_metric`` is their mean ("score") so the best checkpoint is the one that is good
+    at both of stage 1's jobs: recall for the reranker and a sensible top 10 on its own.
+    """
+
+    def __init__(self, queries: Sequence[str], product_texts: Sequence[str], product_ids: Sequence[str],
+                 qrels: Mapping[str, Mapping[str, int]], name: str = "valid", batch_size: int = 64) -> None:
+        super().__init__()
+        self.queries = [q for q in queries if q in qrels]
+        self.product_texts = list(product_texts)
+        self.product_ids = list(product_ids)
+        self.qrels = qrels
+        self.name = name
+        self.batch_size = batch_size
+        self.primary_metric = "score"
+        self.greater_is_better = True
+        self.history: list[dict[str, Any]] = []
+        self._vectors: dict[float, np.ndarray] = {}
+
+    def vectors_for(self, epoch: float) -> np.ndarray | None:
+        """Catalog vectors computed when evaluating ``epoch`` (reused for the test table)."""
+        return self._vectors.get(float(epoch))
+
+    def evaluate_model(self, model: Any, product_vecs: np.ndarray | None = None, epoch: float | None = None,
+                       ) -> dict[str, float]:
+        """Metrics for a SentenceTransformer model (no prefixes)."""
+        def enc(texts: Sequence[str]) -> np.ndarray:
+            return model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+                                convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
+        if product_vecs is None:
+            product_vecs = enc(self.product_texts)
+        if epoch is not None:
+            self._vectors[float(epoch)] = product_vecs
+        search = dense_search_fn(enc, product_vecs, self.product_ids)
+        res = score_system(search, self.queries, self.qrels)
+        return {"recall@100": res["Recall@100"], "ndcg@10": res["nDCG@10"],
+                "score": (res["Recall@100"] + res["nDCG@10"]) / 2}
+
+    def __call__(self, model: Any, output_path: str | None = None, epoch: float = -1,
+                 steps: int = -1) -> dict[str, float]:
+        metrics = self.evaluate_model(model, epoch=epoch)
+        self.history.append({"epoch": float(epoch), "step": int(steps), **metrics})
+        return self.prefix_name_to_metrics(metrics, self.name)
+
+
+def comparison_rows(table: Mapping[str, Mapping[str, float]], subset: str = "mismatch") -> list[dict[str, Any]]:
+    """Flatten {system: metrics} into the acceptance table's rows."""
+    rows = []
+    for system, m in table.items():
+        rows.append({"system": system, "Recall@100": m.get("Recall@100"), "nDCG@10": m.get("nDCG@10"),
+                     f"{subset} Recall@100": m.get(f"{subset} Recall@100"),
+                     f"{subset} nDCG@10": m.get(f"{subset} nDCG@10"),
+                     "queries": int(m.get("queries", 0)), f"{subset} queries": int(m.get(f"{subset} queries", 0))})
+    return rows
+
+
+def mismatch_queries(dataset: "Dataset", queries: Sequence[str]) -> set[str]:
+    """Vocabulary-mismatch subset of ``queries`` (definition owned by pipeline.data)."""
+    from pipeline.data import vocabulary_mismatch_queries
+
+    return set(vocabulary_mismatch_queries(dataset.queries, dataset.qrels, dataset.catalog)) & set(queries)

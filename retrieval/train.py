@@ -1,0 +1,237 @@
+"""Fine-tune the bi-encoder on engagement logs with sentence-transformers' own trainer.
+
+Recipe (each choice is the simplest one that does the job on 2 CPU cores):
+* **Positives** are (query, product) pairs from the train split with at least one click.
+* **Engagement-depth weighting by repetition:** a pair appears ``DEPTH_COPIES`` times —
+  purchase 3, add-to-cart 2, click 1 — so deeper engagement pulls harder on the embedding
+  without a custom loss (MultipleNegativesRankingLoss has no per-sample weights).
+* **Negatives:** in-batch negatives (MultipleNegativesRankingLoss, with the NO_DUPLICATES
+  sampler so a query's other positives are never its in-batch negatives) plus one mined hard
+  negative per pair: a product from the starting model's top results for that query that
+  the query never engaged with. Candidates scoring above ``margin`` x the positive's score
+  are skipped too, because the closest unengaged products are often unlabelled positives.
+* **Model selection:** after every epoch :class:`RetrievalEvaluator` computes Recall@100 and
+  nDCG@10 on the valid split; ``load_best_model_at_end`` keeps the best epoch. Checkpoints
+  live in a temporary directory; the final model is written atomically in plain
+  sentence-transformers format plus a ``manifest.json`` (weights checksum, base model, data).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.artifacts import atomic_directory, build_manifest, fingerprint_frame, sha256_file, write_manifest
+from pipeline.errors import DataError
+from pipeline.runtime import seed_everything
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from pipeline.data import Dataset
+    from retrieval.encoder import BiEncoder
+
+DEPTH_COPIES = {"purchases": 3, "add_to_carts": 2, "clicks": 1}
+
+
+def engagement_pairs(engagement: "pd.DataFrame", queries: set[str]) -> "pd.DataFrame":
+    """Engaged (query, product_id, copies) rows for ``queries``, deepest event deciding copies."""
+    eng = engagement[engagement["query"].isin(queries) & (engagement["clicks"] > 0)]
+    copies = np.select([eng["purchases"] > 0, eng["add_to_carts"] > 0],
+                       [DEPTH_COPIES["purchases"], DEPTH_COPIES["add_to_carts"]], DEPTH_COPIES["clicks"])
+    out = eng[["query", "product_id"]].copy()
+    out["product_id"] = out["product_id"].astype(str)
+    out["copies"] = copies
+    return out.sort_values(["query", "product_id"], kind="stable").reset_index(drop=True)
+
+
+def mine_hard_negatives(pairs: "pd.DataFrame", engaged: dict[str, set[str]], query_vecs: dict[str, np.ndarray],
+                        product_vecs: np.ndarray, product_ids: list[str], *, top_k: int = 30,
+                        margin: float = 0.95, seed: int = 13) -> list[str | None]:
+    """One hard negative per pair from the query's top-``top_k`` products under the current
+    model, skipping anything the query engaged with and anything scoring within ``margin``
+    of the positive (likely an unlabelled positive). ``None`` when no candidate qualifies."""
+    rng = np.random.default_rng(seed)
+    pos_index = {pid: i for i, pid in enumerate(product_ids)}
+    ids_arr = np.asarray(product_ids)
+    cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    negatives: list[str | None] = []
+    for query, pid in zip(pairs["query"], pairs["product_id"]):
+        if query not in cache:
+            scores = product_vecs @ query_vecs[query]
+            top = np.argsort(-scores, kind="stable")[:top_k]
+            cache[query] = (top, scores)
+        top, scores = cache[query]
+        pos_score = scores[pos_index[pid]] if pid in pos_index else np.inf
+        ok = [i for i in top if ids_arr[i] not in engaged.get(query, set()) and scores[i] < margin * pos_score]
+        negatives.append(str(ids_arr[ok[int(rng.integers(min(len(ok), 10)))]]) if ok else None)
+    return negatives
+
+
+def build_training_rows(dataset: "Dataset", encoder: "BiEncoder", *, hard_negatives: bool = True,
+                        max_rows: int | None = None, seed: int = 13, show_progress: bool = True,
+                        product_vecs: np.ndarray | None = None) -> dict[str, list[str]]:
+    """Columns (anchor, positive[, negative]) for the trainer, depth-weighted and shuffled.
+
+    ``max_rows`` keeps a random subset of the depth-repeated rows, which is the same as
+    sampling pairs in proportion to their engagement depth (the CPU budget knob).
+    ``product_vecs`` (catalog order) saves re-encoding the catalog for mining."""
+    from pipeline.data import product_text
+
+    if dataset.engagement is None or dataset.queries is None:
+        raise DataError("train-retriever needs engagement and queries (with a split column)")
+    train_q = set(dataset.split_queries("train"))
+    if not train_q:
+        raise DataError("queries: no rows with split == 'train'")
+    pairs = engagement_pairs(dataset.engagement, train_q)
+    catalog = dataset.catalog
+    texts = dict(zip(catalog["product_id"].astype(str), product_text(catalog)))
+    unknown = sorted(set(pairs["product_id"]) - set(texts))
+    if unknown:
+        raise DataError(f"engagement: product_id {unknown[0]!r} not in the catalog ({len(unknown)} unknown)")
+    if pairs.empty:
+        raise DataError("engagement: no clicked (query, product) pairs in the train split")
+    negatives: list[str | None] = [None] * len(pairs)
+    if hard_negatives:
+        ids = list(texts)
+        if product_vecs is None:
+            product_vecs = encoder.encode_products([texts[i] for i in ids], show_progress=show_progress)
+        uniq = sorted(set(pairs["query"]))
+        qv = dict(zip(uniq, encoder.encode_queries(uniq)))
+        engaged = pairs.groupby("query")["product_id"].apply(set).to_dict()
+        negatives = mine_hard_negatives(pairs, engaged, qv, product_vecs, ids, seed=seed)
+    rows = {"anchor": [], "positive": [], "negative": []}
+    fallback = np.random.default_rng(seed)
+    all_ids = list(texts)
+    for (query, pid, copies), neg in zip(pairs[["query", "product_id", "copies"]].itertuples(index=False), negatives):
+        for _ in range(int(copies)):
+            rows["anchor"].append(str(query))
+            rows["positive"].append(texts[pid])
+            # A random product stands in where mining found nothing (keeps one column layout).
+            rows["negative"].append(texts[neg] if neg else texts[all_ids[int(fallback.integers(len(all_ids)))]])
+    order = np.random.default_rng(seed).permutation(len(rows["anchor"]))
+    if max_rows is not None:
+        order = order[:max_rows]
+    out = {k: [v[i] for i in order] for k, v in rows.items()}
+    if not hard_negatives:
+        del out["negative"]
+    return out
+
+
+def train_retriever(dataset: "Dataset", out_dir: str | os.PathLike[str], *, base_model: str | os.PathLike[str] | None = None,
+                    epochs: int = 2, batch_size: int = 32, learning_rate: float = 5e-5, max_seq_length: int = 64,
+                    hard_negatives: bool = True, max_rows: int | None = 1536, max_steps: int = -1,
+                    seed: int = 13, compare: bool = True, show_progress: bool = True) -> dict[str, Any]:
+    """Fine-tune a bi-encoder on engagement and save it to ``out_dir``; returns a report with
+    per-epoch validation metrics and (``compare=True``) the test-split comparison table."""
+    from pipeline.data import product_text
+    from retrieval.encoder import BiEncoder
+    from retrieval.evaluation import RetrievalEvaluator, qrels_for
+
+    seed_everything(seed)
+    started = time.perf_counter()
+    base = BiEncoder.load(base_model)
+    base.model.max_seq_length = max_seq_length
+    catalog = dataset.catalog
+    if catalog["product_id"].astype(str).duplicated().any():
+        raise DataError("catalog: product_id is not unique")
+    valid_q = dataset.split_queries("valid")
+    evaluator = RetrievalEvaluator(valid_q, product_text(catalog), catalog["product_id"].astype(str).tolist(),
+                                   qrels_for(dataset, valid_q), name="valid")
+    if not evaluator.queries:
+        raise DataError("queries: no valid-split query has relevance labels; cannot select the best epoch")
+    # The catalog is encoded once with the starting model and reused for mining, zero-shot
+    # validation and the zero-shot test row (encoding dominates the CPU cost).
+    base_vecs = base.encode_products(evaluator.product_texts, show_progress=show_progress)
+    rows = build_training_rows(dataset, base, hard_negatives=hard_negatives, max_rows=max_rows, seed=seed,
+                               show_progress=show_progress, product_vecs=base_vecs)
+    zero_shot_valid = evaluator.evaluate_model(base.model, product_vecs=base_vecs)
+
+    import torch
+    from datasets import Dataset as HFDataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.base.sampler import BatchSamplers
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    model = base.model
+    train_ds = HFDataset.from_dict(rows)
+    loss = MultipleNegativesRankingLoss(model)
+    with tempfile.TemporaryDirectory(prefix="shoprank-retriever-") as ckpt_dir:
+        args = SentenceTransformerTrainingArguments(
+            output_dir=ckpt_dir, num_train_epochs=epochs, max_steps=max_steps,
+            per_device_train_batch_size=batch_size, learning_rate=learning_rate, warmup_ratio=0.1,
+            batch_sampler=BatchSamplers.NO_DUPLICATES, eval_strategy="epoch", save_strategy="epoch",
+            save_total_limit=2, load_best_model_at_end=True, metric_for_best_model="eval_valid_score",
+            greater_is_better=True, seed=seed, data_seed=seed, logging_strategy="epoch", report_to="none",
+            disable_tqdm=not show_progress, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
+            save_only_model=True,
+        )
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_ds, loss=loss,
+                                             evaluator=evaluator)
+        trainer.train()
+        best_checkpoint = trainer.state.best_model_checkpoint
+    history = [h for h in evaluator.history if h["step"] >= 0]
+    best = max(history, key=lambda h: h["score"]) if history else None
+
+    target = Path(out_dir)
+    with atomic_directory(target) as tmp:
+        model.save(str(tmp), create_model_card=False)
+        manifest = build_manifest(
+            "retriever",
+            config={"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
+                    "max_seq_length": max_seq_length, "hard_negatives": hard_negatives, "max_rows": max_rows,
+                    "max_steps": max_steps, "seed": seed, "loss": "MultipleNegativesRankingLoss",
+                    "depth_copies": DEPTH_COPIES},
+            inputs={"base_model_id": base.model_id, "base_model_path": str(base.path),
+                    "catalog_fingerprint": fingerprint_frame(catalog),
+                    "engagement_fingerprint": fingerprint_frame(dataset.engagement)},
+            name=f"shoprank-retriever ({base.name} fine-tuned)", weights_sha256=sha256_file(tmp / "model.safetensors"),
+            dim=base.dim, normalized=True, train_rows=len(rows["anchor"]), valid_history=history,
+            best_epoch=best["epoch"] if best else None, zero_shot_valid=zero_shot_valid,
+            best_checkpoint=Path(best_checkpoint).name if best_checkpoint else None,
+        )
+        write_manifest(tmp, manifest)
+    report: dict[str, Any] = {
+        "out": str(target), "model_id": manifest["weights_sha256"], "train_rows": len(rows["anchor"]),
+        "epochs": epochs, "valid_history": history, "best_epoch": manifest["best_epoch"],
+        "zero_shot_valid": zero_shot_valid, "train_seconds": round(time.perf_counter() - started, 1),
+    }
+    if compare:
+        tuned_vecs = evaluator.vectors_for(best["epoch"]) if best else None
+        report["test"] = compare_on_test(dataset, {"zero-shot MiniLM": base_model, "fine-tuned": str(target)},
+                                         product_vecs={"zero-shot MiniLM": base_vecs, "fine-tuned": tuned_vecs})
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    return report
+
+
+def compare_on_test(dataset: "Dataset", models: dict[str, str | os.PathLike[str] | None],
+                    split: str = "test", product_vecs: dict[str, np.ndarray | None] | None = None,
+                    ) -> dict[str, dict[str, float]]:
+    """The acceptance table: BM25 and each named model on ``split``, overall and on the
+    vocabulary-mismatch queries, with exact search over the whole catalog.
+
+    ``product_vecs[name]`` (catalog order, from that exact model) skips re-encoding."""
+    from pipeline.data import product_text
+    from retrieval.encoder import BiEncoder
+    from retrieval.evaluation import dense_search_fn, mismatch_queries, qrels_for, score_system
+    from retrieval.lexical import BM25Retriever
+
+    queries = dataset.split_queries(split)
+    qrels = qrels_for(dataset, queries)
+    subsets = {"mismatch": mismatch_queries(dataset, queries)}
+    catalog = dataset.catalog
+    ids = catalog["product_id"].astype(str).tolist()
+    table = {"BM25": score_system(BM25Retriever(catalog).search, queries, qrels, subsets)}
+    texts = product_text(catalog)
+    for name, path in models.items():
+        enc = BiEncoder.load(path)
+        vecs = (product_vecs or {}).get(name)
+        if vecs is None:
+            vecs = enc.encode_products(texts, show_progress=False)
+        search = dense_search_fn(enc.encode_queries, vecs, ids)
+        table[name] = score_system(search, queries, qrels, subsets)
+    return table
