@@ -14,7 +14,7 @@ $(BIN)/activate:
 	$(BIN)/pip install torch==2.13.0
 
 $(VENV)/.installed: $(BIN)/activate pyproject.toml constraints.txt
-	$(BIN)/pip install -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install -c constraints.txt -e ".[dev,ray]"
 	touch $@
 
 install: $(VENV)/.installed
