@@ -14,8 +14,13 @@ from torch import nn
 
 
 def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
-    """Return ``model`` with its Linear layers replaced by int8 dynamic-quantised ones (eval mode)."""
-    from torch.ao.quantization import quantize_dynamic
+    """Quantise the encoder's Linear layers to int8 (per-channel weights), in place; eval mode.
+
+    Only the encoder: it is >99 % of the compute, while the tiny heads multiply
+    probabilities along the funnel and would compound their rounding error for no speed gain.
+    Per-channel weight scales keep the ranking much closer to fp32 than per-tensor ones.
+    """
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     model.eval()
     with warnings.catch_warnings():
@@ -24,6 +29,7 @@ def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", UserWarning)
-        quantized = quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
-    quantized.quantized = True
-    return quantized
+        target = getattr(model, "encoder", model)
+        quantize_dynamic(target, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+    model.quantized = True
+    return model

@@ -1,0 +1,146 @@
+"""Rerank commands: `train-reranker`, `adapt-lm`, `compare-rerankers`.
+
+Thin: parse, call one library function (:func:`rerank.train.train_reranker`,
+:func:`rerank.adapt.adapt_lm`, :func:`pipeline.compare.compare_rerankers`), print a table or
+``--json``. torch/transformers/pandas are imported inside the commands (fast --help).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from pipeline.cli._app import app, emit_json, info, print_table
+from pipeline.config import DEFAULT_DATA_DIR, DEFAULT_DOMAIN_BERT_DIR, DEFAULT_RERANKER_DIR, DEFAULT_SEED
+
+_DATA = typer.Option(None, "--data", help="Dataset directory (catalog/engagement/queries .parquet).")
+_CATALOG = typer.Option(None, "--catalog", help="Catalog file (overrides --data's).")
+_ENGAGEMENT = typer.Option(None, "--engagement", help="Engagement log file (overrides --data's).")
+_QUERIES = typer.Option(None, "--queries", help="Queries file with a split column (overrides --data's).")
+_JSON = typer.Option(False, "--json", help="Print JSON.")
+
+
+def _load(data: Optional[Path], catalog: Optional[Path] = None, engagement: Optional[Path] = None,
+          queries: Optional[Path] = None) -> Any:
+    from pipeline.data import load_dataset
+    from pipeline.errors import DataError
+
+    if data is None and catalog is None:
+        data = DEFAULT_DATA_DIR
+    if data is not None and not Path(data).is_dir():
+        raise DataError(f"{data}: dataset directory does not exist")
+    return load_dataset(data, catalog=catalog, engagement=engagement, queries=queries)
+
+
+def _bad(exc: ValueError) -> None:
+    from pipeline.errors import ShoprankError
+
+    raise ShoprankError(str(exc).splitlines()[0]) from None
+
+
+@app.command("train-reranker")
+def train_reranker_cmd(
+    data: Optional[Path] = _DATA, catalog: Optional[Path] = _CATALOG, engagement: Optional[Path] = _ENGAGEMENT,
+    queries: Optional[Path] = _QUERIES,
+    out: Path = typer.Option(DEFAULT_RERANKER_DIR, "--out", help="Output model directory (replaced atomically)."),
+    encoder: Optional[Path] = typer.Option(None, "--encoder", help="HF encoder folder (e.g. models/domain-bert); default bundled MiniLM."),
+    architecture: str = typer.Option("mmoe", "--architecture", help="mmoe | shared_bottom | single."),
+    heads: str = typer.Option("funnel", "--heads", help="funnel | independent."),
+    tasks: str = typer.Option("click,add_to_cart,purchase", "--tasks", help="Comma-separated tasks."),
+    label_mode: str = typer.Option("rate", "--labels", help="rate (count/impressions, weighted) | binary (count>0)."),
+    task_weights: Optional[str] = typer.Option(None, "--task-weights", help="Loss weight per task, comma-separated."),
+    uncertainty: bool = typer.Option(False, "--uncertainty", help="Learned uncertainty weighting of the task losses."),
+    epochs: int = typer.Option(2, "--epochs", min=1),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    max_length: int = typer.Option(32, "--max-length", min=8, help="Max tokens per (query, product) pair."),
+    negatives: int = typer.Option(4, "--negatives", min=0, help="Sampled negatives per query."),
+    max_queries: Optional[int] = typer.Option(None, "--max-queries", min=1, help="Subsample train queries (speed)."),
+    max_shown: Optional[int] = typer.Option(None, "--max-shown", min=1, help="Cap shown rows per query (all engaged kept)."),
+    seed: int = typer.Option(DEFAULT_SEED, "--seed"),
+    json_out: bool = _JSON,
+) -> None:
+    """Train the multi-task cross-encoder (click / add-to-cart / purchase) on engagement logs."""
+    from rerank.train import public_report, train_reranker
+
+    dataset = _load(data, catalog, engagement, queries)
+    try:
+        weights = [float(w) for w in task_weights.split(",")] if task_weights else None
+        report = train_reranker(dataset, out, encoder=encoder, architecture=architecture, heads=heads,
+                                tasks=[t.strip() for t in tasks.split(",") if t.strip()], label_mode=label_mode,
+                                task_weights=weights, uncertainty=uncertainty, epochs=epochs, batch_size=batch_size,
+                                max_length=max_length, negatives=negatives, max_queries=max_queries,
+                                max_shown_per_query=max_shown, seed=seed, progress=not json_out)
+    except ValueError as exc:
+        _bad(exc)
+    report = public_report(report)
+    info(f"saved reranker to {out}")
+    if json_out:
+        emit_json(report)
+        return
+    print_table([{"metric": k, "value": v} for k, v in report["validation"].items()],
+                title=f"validation (best epoch {report['best_epoch']})")
+
+
+@app.command("adapt-lm")
+def adapt_lm_cmd(
+    catalog: Optional[Path] = _CATALOG, data: Optional[Path] = _DATA,
+    out: Path = typer.Option(DEFAULT_DOMAIN_BERT_DIR, "--out", help="Output encoder folder (replaced atomically)."),
+    base: Optional[Path] = typer.Option(None, "--base", help="Encoder to start from; default bundled MiniLM."),
+    epochs: float = typer.Option(1.0, "--epochs"),
+    max_steps: int = typer.Option(-1, "--max-steps", help="Stop after this many steps (-1: full epochs)."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    max_length: int = typer.Option(64, "--max-length", min=8),
+    seed: int = typer.Option(DEFAULT_SEED, "--seed"),
+    json_out: bool = _JSON,
+) -> None:
+    """Continue masked-LM pre-training of the encoder on catalog text (use it via --encoder)."""
+    from rerank.adapt import adapt_lm
+
+    dataset = _load(data, catalog)
+    report = adapt_lm(dataset.catalog, out, base=base, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+                      max_length=max_length, seed=seed, progress=not json_out)
+    info(f"saved domain-adapted encoder to {out}")
+    if json_out:
+        emit_json(report)
+        return
+    print_table([{"statistic": k, "value": v} for k, v in report.items()], title="adapt-lm")
+
+
+@app.command("compare-rerankers")
+def compare_rerankers_cmd(
+    data: Path = typer.Option(DEFAULT_DATA_DIR, "--data", help="Sample world directory (with qrels)."),
+    out: Path = typer.Option(Path("runs/compare-rerankers"), "--out", help="Work directory; results.json lands here."),
+    index: Optional[Path] = typer.Option(None, "--index", help="Use this index instead of building one."),
+    retriever: Optional[Path] = typer.Option(None, "--retriever", help="Fine-tuned retriever folder (else one is trained)."),
+    variants: Optional[str] = typer.Option(None, "--variants", help="Comma-separated subset of variants."),
+    epochs: int = typer.Option(2, "--epochs", min=1),
+    max_length: int = typer.Option(32, "--max-length", min=8),
+    learning_rate: float = typer.Option(1e-4, "--lr", help="Encoder learning rate (heads use 1e-3)."),
+    train_queries: int = typer.Option(80, "--train-queries", min=1, help="Train queries used (CPU budget)."),
+    valid_queries: int = typer.Option(10, "--valid-queries", min=1),
+    test_queries: int = typer.Option(30, "--test-queries", min=1),
+    max_shown: int = typer.Option(12, "--max-shown", min=1, help="Shown rows per train query (all engaged kept)."),
+    adapt_steps: int = typer.Option(40, "--adapt-steps", min=1, help="MLM steps for the domain-adapted variant."),
+    retriever_steps: int = typer.Option(100, "--retriever-steps", min=1),
+    seed: int = typer.Option(DEFAULT_SEED, "--seed"),
+    json_out: bool = _JSON,
+) -> None:
+    """Train and evaluate every reranker variant on the test split (reranking retriever top-100)."""
+    from pipeline.compare import COLUMNS, compare_rerankers
+
+    if not data.is_dir():
+        from pipeline.errors import DataError
+
+        raise DataError(f"{data}: dataset directory does not exist (run `pipeline sample-data`)")
+    results = compare_rerankers(
+        data, out, index_dir=index, retriever_dir=retriever, retriever_steps=retriever_steps,
+        variants=[v.strip() for v in variants.split(",")] if variants else None, epochs=epochs,
+        max_length=max_length, learning_rate=learning_rate, train_queries=train_queries, valid_queries=valid_queries, test_queries=test_queries,
+        max_shown_per_query=max_shown, adapt_steps=adapt_steps, seed=seed, progress=not json_out)
+    if json_out:
+        emit_json({k: v for k, v in results.items() if k != "reports"})
+        return
+    print_table(results["rows"], title=f"rerankers on {results['config']['test_queries']} test queries", columns=COLUMNS)
+    print_table([{"check": k, "value": v} for k, v in results["checks"].items()], title="acceptance")
+    info(f"results: {results['results_file']}")
