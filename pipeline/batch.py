@@ -152,8 +152,13 @@ def _check_output(output: Path) -> None:
         raise ShoprankError(f"{output}: output path is a directory; give a file name like scored.parquet")
     if not parent.is_dir():
         raise ShoprankError(f"{parent}: output directory does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ShoprankError(f"{parent}: output directory is not writable")
+    # A real probe, not os.access: root passes permission checks on a read-only mount.
+    probe = parent / f".{output.name}.probe-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise ShoprankError(f"{parent}: output directory is not writable ({exc.strerror})") from None
 
 
 def _parts_dir(output: Path) -> Path:

@@ -23,3 +23,18 @@ def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny_world") / "sample"
     write_sample(out, n_products=TINY_PRODUCTS, n_queries=TINY_QUERIES, seed=TINY_SEED)
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One quick demo per session (orchestration tests): returns (workdir, report).
+
+    The workdir holds the real artefacts at the default relative paths (data/sample,
+    models/retriever, models/reranker, indexes/default, runs/), built by the real pipeline
+    on a tiny world, so search / score-logs / evaluate tests exercise trained models.
+    Treat it as read-only.
+    """
+    from pipeline.demo import run_demo
+
+    root = tmp_path_factory.mktemp("demo")
+    return root, run_demo(root, quick=True)

@@ -1,0 +1,43 @@
+"""The quick demo builds every artefact at the default paths and reports honestly."""
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+
+from pipeline.artifacts import read_manifest
+
+QUICK_BUDGET_S = 180  # acceptance: `pipeline demo --quick` < 3 min on 2 cores
+
+
+def test_quick_demo_builds_everything_at_default_paths(demo_run):
+    root, report = demo_run
+    for rel in ("data/sample/catalog.parquet", "models/retriever/manifest.json", "models/reranker/manifest.json",
+                "indexes/default/manifest.json", "runs/scored.parquet", "runs/eval/qrels.txt"):
+        assert (root / rel).is_file(), rel
+    assert set(report["timings"]) == {"generate sample world", "train retriever", "build index", "train reranker",
+                                      "evaluate", "example searches", "score query log"}
+    # Generous guard against a budget blow-up (the CPU here is shared; measured time is in the report).
+    assert report["seconds"] < 2 * QUICK_BUDGET_S, report["timings"]
+
+
+def test_quick_demo_evaluation_and_examples(demo_run):
+    _, report = demo_run
+    rows = {(r["system"], r["subset"]): r for r in report["evaluation"]["rows"]}
+    assert {s for s, _ in rows} == {"bm25", "dense-zero-shot", "dense-fine-tuned", "two-stage"}
+    # Vocabulary mismatch: BM25 cannot match what shares no word; the dense retriever can.
+    assert rows[("dense-fine-tuned", "mismatch")]["nDCG@10"] > rows[("bm25", "mismatch")]["nDCG@10"]
+    summary = report["example_summary"]
+    assert len(report["examples"]) == min(3, summary["top1_relevant"])
+    for example in report["examples"]:
+        assert example["hits"][0]["relevance"] >= 2
+        assert {"p_click", "p_add_to_cart", "p_purchase"} <= set(example["hits"][0])
+
+
+def test_quick_demo_scored_log_carries_model_ids(demo_run):
+    root, report = demo_run
+    scored = report["scored_log"]
+    assert scored["rows_out"] == scored["rows_in"] * 10 and scored["computed"] < scored["rows_in"]
+    meta = json.loads(pq.read_schema(root / "runs/scored.parquet").metadata[b"shoprank"])
+    assert meta["models"]["reranker"] == read_manifest(root / "models/reranker")["id"]
+    assert meta["models"]["index"] == read_manifest(root / "indexes/default")["id"]
