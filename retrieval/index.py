@@ -67,7 +67,7 @@ def default_factory(index_type: str, n: int, dim: int, **params: Any) -> tuple[s
         m = int(params.get("pq_m") or next(c for c in (48, 32, 24, 16, 12, 8, 6, 4, 3, 2, 1) if dim % c == 0))
         nbits = int(params.get("pq_bits") or (8 if n >= 256 * 39 else 4))
         return f"IVF{nlist},PQ{m}x{nbits},RFlat", {
-            "nprobe": int(params.get("nprobe") or max(1, min(nlist, max(16, nlist // 8)))),
+            "nprobe": int(params.get("nprobe") or max(1, min(nlist, max(16, nlist // 4)))),
             "k_factor": float(params.get("k_factor", 4.0)),
         }
     raise DataError(f"unknown index type {index_type!r}; use one of {', '.join(INDEX_TYPES)} or --factory")

@@ -132,6 +132,8 @@ def train_retriever(dataset: "Dataset", out_dir: str | os.PathLike[str], *, base
     from retrieval.encoder import BiEncoder
     from retrieval.evaluation import RetrievalEvaluator, qrels_for
 
+    if dataset.catalog is None or dataset.engagement is None or dataset.queries is None:
+        raise DataError("train-retriever needs a catalog, engagement and queries (pass --data DIR or the three files)")
     seed_everything(seed)
     started = time.perf_counter()
     base = BiEncoder.load(base_model)
