@@ -39,6 +39,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "mmoe_funnel": {"architecture": "mmoe", "heads": "funnel"},
     "mmoe_funnel_domain": {"architecture": "mmoe", "heads": "funnel", "domain": True},
 }
+# Run order (table order is VARIANTS'): the rows the acceptance checks need come first, and
+# results.json is rewritten after every variant, so a run cut short still answers them.
+RUN_ORDER = ("mmoe_funnel", "single_purchase", "single_click", "shared_bottom", "mmoe_independent",
+             "mmoe_funnel_domain")
 COLUMNS = ["system", "ndcg@10", "click_ndcg@10", "click_auc", "add_to_cart_ndcg@10", "add_to_cart_auc",
            "purchase_ndcg@10", "purchase_auc", "train_seconds"]
 
@@ -92,7 +96,7 @@ def compare_rerankers(data_dir: str | os.PathLike[str] | None = None, out_dir: s
     from rerank.train import train_reranker
 
     started = time.time()
-    names = list(variants or VARIANTS)
+    names = list(variants or RUN_ORDER)
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise DataError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
@@ -117,6 +121,12 @@ def compare_rerankers(data_dir: str | os.PathLike[str] | None = None, out_dir: s
     rows: list[dict[str, Any]] = [{"system": "retrieval_only", **ranking_metrics(test_pairs, base_score, None, qrels)}]
     domain_dir: Path | None = None
     reports: dict[str, Any] = {}
+    config = {"data_dir": str(data_dir or DEFAULT_DATA_DIR), "candidates": candidates, "epochs": epochs,
+              "max_length": max_length, "batch_size": batch_size, "learning_rate": learning_rate,
+              "train_queries": len(chosen["train"]), "valid_queries": len(chosen["valid"]),
+              "test_queries": len(chosen["test"]), "test_pairs": len(test_pairs),
+              "max_shown_per_query": max_shown_per_query, "negatives": negatives, "adapt_steps": adapt_steps,
+              "seed": seed, **retr_info}
     for name in names:
         spec = dict(VARIANTS[name])
         encoder = None
@@ -141,6 +151,17 @@ def compare_rerankers(data_dir: str | os.PathLike[str] | None = None, out_dir: s
             probs8 = q8.predict(test_pairs["query"].tolist(), test_pairs["text"].tolist())
             rows.append({"system": "mmoe_funnel_int8", **model_metrics(test_pairs, probs8, q8.tasks, qrels),
                          "predict_seconds": round(time.time() - t0, 1)})
+        _results(rows, reports, config, started, work, partial=True)
+    results = _results(rows, reports, config, started, work, partial=False)
+    results["results_file"] = str(work / "results.json")
+    return results
+
+
+def _results(rows: list[dict[str, Any]], reports: dict[str, Any], config: dict[str, Any], started: float,
+             work: Path, partial: bool) -> dict[str, Any]:
+    """Acceptance checks + table (in VARIANTS order), written to ``results.json``."""
+    order = ["retrieval_only", *VARIANTS, "mmoe_funnel_int8"]
+    rows = sorted(rows, key=lambda r: order.index(r["system"]))
     by = {r["system"]: r for r in rows}
     checks: dict[str, Any] = {}
     if "mmoe_funnel" in by:
@@ -151,15 +172,7 @@ def compare_rerankers(data_dir: str | os.PathLike[str] | None = None, out_dir: s
         if "mmoe_funnel_int8" in by:
             checks["int8_ndcg@10_drop"] = round(by["mmoe_funnel"]["ndcg@10"] - by["mmoe_funnel_int8"]["ndcg@10"], 4)
             checks["int8_within_0.005"] = abs(checks["int8_ndcg@10_drop"]) <= 0.005
-    results = {
-        "rows": rows, "checks": checks,
-        "config": {"data_dir": str(data_dir or DEFAULT_DATA_DIR), "candidates": candidates, "epochs": epochs,
-                   "max_length": max_length, "batch_size": batch_size, "learning_rate": learning_rate, "train_queries": len(chosen["train"]),
-                   "valid_queries": len(chosen["valid"]), "test_queries": len(chosen["test"]),
-                   "test_pairs": len(test_pairs), "max_shown_per_query": max_shown_per_query,
-                   "negatives": negatives, "adapt_steps": adapt_steps, "seed": seed, **retr_info},
-        "reports": reports, "seconds": round(time.time() - started, 1),
-    }
+    results = {"rows": rows, "checks": checks, "config": config, "reports": reports,
+               "seconds": round(time.time() - started, 1), "partial": partial}
     atomic_write_text(work / "results.json", json.dumps(results, indent=2, default=str) + "\n")
-    results["results_file"] = str(work / "results.json")
     return results

@@ -46,8 +46,8 @@ def adapt_lm(catalog: pd.DataFrame, out_dir: str | os.PathLike[str], *, base: st
              learning_rate: float = 5e-5, mlm_probability: float = 0.15, seed: int = 13,
              progress: bool = True) -> dict[str, Any]:
     """Run MLM on the catalog text and save an encoder folder usable as ``--encoder``; return a report."""
-    from transformers import (AutoTokenizer, BertForMaskedLM, DataCollatorForLanguageModeling, Trainer,
-                              TrainingArguments)
+    from transformers import (AutoTokenizer, BertForMaskedLM, DataCollatorForLanguageModeling, PrinterCallback,
+                              Trainer, TrainingArguments)
 
     corpus = catalog_corpus(catalog)
     if not corpus:
@@ -70,6 +70,8 @@ def adapt_lm(catalog: pd.DataFrame, out_dir: str | os.PathLike[str], *, base: st
             disable_tqdm=not progress, dataloader_pin_memory=False, remove_unused_columns=False,
         )
         trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator)
+        if not progress:  # no per-step log lines on stdout either
+            trainer.remove_callback(PrinterCallback)
         result = trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     report: dict[str, Any] = {

@@ -107,8 +107,10 @@ def build_examples(engagement: pd.DataFrame, catalog: pd.DataFrame, queries: Seq
         raise ValueError(f"unknown label mode {label_mode!r}; choose one of {', '.join(LABEL_MODES)}")
     texts = text_lookup(catalog)
     rng = np.random.default_rng(seed)
-    shown = _cap_skipped(_shown_rows(engagement, queries), max_shown_per_query, rng)
-    sampled = _sampled_negatives(list(queries), shown, list(texts), candidates, negatives, rng)
+    all_shown = _shown_rows(engagement, queries)
+    shown = _cap_skipped(all_shown, max_shown_per_query, rng)
+    # never sample a product that *was* shown (even one the cap dropped) as a zero-count negative
+    sampled = _sampled_negatives(list(queries), all_shown, list(texts), candidates, negatives, rng)
     frame = pd.concat([shown, sampled], ignore_index=True) if len(sampled) else shown.reset_index(drop=True)
     frame = frame[frame["product_id"].isin(texts)].reset_index(drop=True)
     if frame.empty:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from pipeline.artifacts import fingerprint_frame
 from pipeline.data import Dataset
@@ -36,7 +36,7 @@ from rerank.data import build_eval_pairs, build_examples
 from rerank.evaluation import EngagementEvaluator
 from rerank.heads import TASKS
 from rerank.losses import MultiTaskLoss
-from rerank.model import MultiTaskCrossEncoder
+from rerank.model import HeadConfig, MultiTaskCrossEncoder
 
 
 class _TrainModule(nn.Module):
@@ -160,6 +160,8 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
     """
     _require(dataset)
     tasks = list(tasks)
+    HeadConfig(tasks=tasks, architecture=architecture, heads=heads, n_experts=n_experts,
+               max_length=max_length).validate()  # fail before any data or weights are loaded
     train_q = _pick(dataset.split_queries("train"), max_queries, seed)
     valid_q = _pick(dataset.split_queries("valid"), max_valid_queries, seed)
     if not train_q:
@@ -204,6 +206,8 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
                                 data_collator=_PairCollator(model), optimizers=(optimizer, None),
                                 callbacks=[keep_best], evaluator=EngagementEvaluator(valid_pairs, batch_size=eval_batch_size),
                                 tasks=tasks)
+        if not progress:  # no per-step log lines on stdout either
+            trainer.remove_callback(PrinterCallback)
         trainer.train()
     train_seconds = time.time() - started
     model.eval()

@@ -33,6 +33,14 @@ def _load(data: Optional[Path], catalog: Optional[Path] = None, engagement: Opti
     return load_dataset(data, catalog=catalog, engagement=engagement, queries=queries)
 
 
+def _to_stderr() -> Any:
+    """Trainer progress/log lines print to stdout; keep stdout for the result (--json)."""
+    import contextlib
+    import sys
+
+    return contextlib.redirect_stdout(sys.stderr)
+
+
 def _bad(exc: ValueError) -> None:
     from pipeline.errors import ShoprankError
 
@@ -66,11 +74,13 @@ def train_reranker_cmd(
     dataset = _load(data, catalog, engagement, queries)
     try:
         weights = [float(w) for w in task_weights.split(",")] if task_weights else None
-        report = train_reranker(dataset, out, encoder=encoder, architecture=architecture, heads=heads,
-                                tasks=[t.strip() for t in tasks.split(",") if t.strip()], label_mode=label_mode,
-                                task_weights=weights, uncertainty=uncertainty, epochs=epochs, batch_size=batch_size,
-                                max_length=max_length, negatives=negatives, max_queries=max_queries,
-                                max_shown_per_query=max_shown, seed=seed, progress=not json_out)
+        with _to_stderr():
+            report = train_reranker(dataset, out, encoder=encoder, architecture=architecture, heads=heads,
+                                    tasks=[t.strip() for t in tasks.split(",") if t.strip()], label_mode=label_mode,
+                                    task_weights=weights, uncertainty=uncertainty, epochs=epochs,
+                                    batch_size=batch_size, max_length=max_length, negatives=negatives,
+                                    max_queries=max_queries, max_shown_per_query=max_shown, seed=seed,
+                                    progress=not json_out)
     except ValueError as exc:
         _bad(exc)
     report = public_report(report)
@@ -98,8 +108,9 @@ def adapt_lm_cmd(
     from rerank.adapt import adapt_lm
 
     dataset = _load(data, catalog)
-    report = adapt_lm(dataset.catalog, out, base=base, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
-                      max_length=max_length, seed=seed, progress=not json_out)
+    with _to_stderr():
+        report = adapt_lm(dataset.catalog, out, base=base, epochs=epochs, max_steps=max_steps,
+                          batch_size=batch_size, max_length=max_length, seed=seed, progress=not json_out)
     info(f"saved domain-adapted encoder to {out}")
     if json_out:
         emit_json(report)
@@ -133,11 +144,13 @@ def compare_rerankers_cmd(
         from pipeline.errors import DataError
 
         raise DataError(f"{data}: dataset directory does not exist (run `pipeline sample-data`)")
-    results = compare_rerankers(
-        data, out, index_dir=index, retriever_dir=retriever, retriever_steps=retriever_steps,
-        variants=[v.strip() for v in variants.split(",")] if variants else None, epochs=epochs,
-        max_length=max_length, learning_rate=learning_rate, train_queries=train_queries, valid_queries=valid_queries, test_queries=test_queries,
-        max_shown_per_query=max_shown, adapt_steps=adapt_steps, seed=seed, progress=not json_out)
+    with _to_stderr():
+        results = compare_rerankers(
+            data, out, index_dir=index, retriever_dir=retriever, retriever_steps=retriever_steps,
+            variants=[v.strip() for v in variants.split(",")] if variants else None, epochs=epochs,
+            max_length=max_length, learning_rate=learning_rate, train_queries=train_queries,
+            valid_queries=valid_queries, test_queries=test_queries, max_shown_per_query=max_shown,
+            adapt_steps=adapt_steps, seed=seed, progress=not json_out)
     if json_out:
         emit_json({k: v for k, v in results.items() if k != "reports"})
         return
