@@ -105,7 +105,9 @@ def test_index_built_with_another_model_is_refused(work: Path, tmp_path: Path) -
 
 
 def test_corrupt_index_file_is_refused(work: Path) -> None:
-    assert cli("build-index", "--catalog", "small.parquet", "--out", "indexes/corrupt", cwd=work).returncode == 0
+    rng = np.random.default_rng(0)
+    build_from_vectors(rng.standard_normal((300, 32)).astype(np.float32), [f"p{i}" for i in range(300)],
+                       work / "indexes/corrupt", index_type="hnsw")
     index_file = work / "indexes/corrupt/index.faiss"
     data = bytearray(index_file.read_bytes())
     data[len(data) // 3] ^= 0xFF
