@@ -26,6 +26,7 @@ from pipeline.config import (DEFAULT_DATA_DIR, DEFAULT_INDEX_DIR, DEFAULT_RERANK
 from pipeline.errors import ShoprankError
 
 PREFERRED_EXAMPLES = ("comfy couch",)
+MAX_EXAMPLE_QUERIES = 25
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ def _examples(searcher: Any, dataset: Any, split: str, n: int, candidates: int) 
     mismatch = sorted(vocabulary_mismatch_queries(queries, dataset.qrels, dataset.catalog))
     grades = qrels_dict(dataset.qrels)
     ordered = [q for q in PREFERRED_EXAMPLES if q in mismatch] + [q for q in mismatch if q not in PREFERRED_EXAMPLES]
+    ordered = ordered[:MAX_EXAMPLE_QUERIES]  # bounded time; the summary says how many were tried
     shown, top1_relevant = [], 0
     for query in ordered:
         hits = searcher.search(query, k=5, candidates=candidates)
