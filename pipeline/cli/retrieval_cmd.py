@@ -94,18 +94,32 @@ def build_index_cmd(
     ef_search: Optional[int] = typer.Option(None, "--ef-search", help="HNSW efSearch."),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF nprobe."),
     json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+    engine: str = typer.Option("local", "--engine", help="local | ray (encode on Ray actors; needs the ray extra)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (--engine ray; default: local Ray)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray encoding actors (default: one per CPU)."),
 ) -> None:
-    """Encode a catalog and write a FAISS index (atomically) with ids and a manifest."""
+    """Encode a catalog and write a FAISS index (atomically) with ids and a manifest.
+    With --engine ray the encoding runs on Ray actors; the index is built on this machine."""
     from pipeline.config import DEFAULT_DATA_DIR
     from retrieval.encoder import BiEncoder
     from retrieval.index import build_index
 
+    if engine not in ("local", "ray") or (engine == "local" and (address is not None or workers is not None)):
+        from pipeline.errors import ShoprankError
+
+        raise ShoprankError("--engine must be 'local' or 'ray'; --address and --workers need --engine ray")
     catalog = catalog or DEFAULT_DATA_DIR / "catalog.parquet"
     frame = _load_catalog(catalog)
     encoder = BiEncoder.load(_default_model(model))
     params = {k: v for k, v in {"efSearch": ef_search, "nprobe": nprobe}.items() if v is not None}
     info(f"encoding {len(frame)} products with {encoder.name} ({encoder.path})")
-    manifest = build_index(frame, encoder, out, index_type, factory=factory, show_progress=not json_out, **params)
+    if engine == "ray":
+        from pipeline.distributed import build_index_ray
+
+        manifest = build_index_ray(frame, encoder, out, index_type, factory=factory, address=address,
+                                   workers=workers, show_progress=not json_out, **params)
+    else:
+        manifest = build_index(frame, encoder, out, index_type, factory=factory, show_progress=not json_out, **params)
     if json_out:
         emit_json(manifest)
     else:

@@ -98,13 +98,31 @@ def score_logs(
     catalog: Optional[Path] = _CATALOG,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    engine: str = typer.Option("local", "--engine", help="local | ray (Ray Data actors; needs the ray extra)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (e.g. ray://head:10001 or "
+                                                                  "auto); default: start a local Ray. --engine ray only."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray scoring actors (default: one per CPU)."),
 ) -> None:
     """Score a query log offline into Parquet: streamed in batches, resumable, with the
-    model ids in the file's metadata. Repeated queries are computed once."""
-    from pipeline.batch import score_logs as run
+    model ids in the file's metadata. Repeated queries are computed once. With --engine ray
+    the same job runs on Ray actors (local or a cluster) and writes the same file."""
+    if engine not in ("local", "ray"):
+        raise ShoprankError(f"--engine must be 'local' or 'ray' (got {engine!r})")
+    if engine == "ray":
+        if resume:
+            raise ShoprankError("--resume is for the local engine; the Ray engine retries failed batches itself")
+        from pipeline.distributed import score_logs_ray
 
-    report = run(input_path, output, index_dir=index_dir, reranker=reranker, catalog=catalog, k=k,
-                 candidates=candidates, batch_size=batch_size, resume=resume, show_progress=progress)
+        report = score_logs_ray(input_path, output, index_dir=index_dir, reranker=reranker, catalog=catalog, k=k,
+                                candidates=candidates, batch_size=batch_size, address=address, workers=workers,
+                                show_progress=progress)
+    elif address is not None or workers is not None:
+        raise ShoprankError("--address and --workers need --engine ray")
+    else:
+        from pipeline.batch import score_logs as run
+
+        report = run(input_path, output, index_dir=index_dir, reranker=reranker, catalog=catalog, k=k,
+                     candidates=candidates, batch_size=batch_size, resume=resume, show_progress=progress)
     for reason, count in report["skipped"].items():
         info(f"note: skipped {count} row(s) with {reason} (first: row {report['first_skipped_row'][reason]})")
     if json_out:
