@@ -34,7 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--candidates", type=int, default=20)
     parser.add_argument("--address", default=None, help="Ray cluster to join (default: local Ray).")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="torch threads for the local engine (Ray actors get 1 per CPU they hold); "
+                             "on a busy machine, 1 avoids thread oversubscription.")
     args = parser.parse_args(argv)
+    if args.torch_threads:
+        from pipeline.runtime import import_torch
+
+        import_torch().set_num_threads(args.torch_threads)
 
     import numpy as np
     import pandas as pd
@@ -69,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     per_worker = remote["per_worker"]
     busy = max((w["seconds"] for w in per_worker), default=0.0)
     result = {
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "machine": {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 1),
+                    "python": sys.version.split()[0], "local_torch_threads": args.torch_threads or "default"},
         "input": {"rows": len(rows), "distinct_queries": len(set(rows)), "k": args.k,
                   "candidates": args.candidates, "batch_size": args.batch_size},
         "local": {"wall_s": round(local_wall, 2), "rows_per_s": round(len(rows) / local_wall, 2),
