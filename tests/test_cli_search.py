@@ -95,15 +95,16 @@ def test_score_logs_bad_input_is_one_line_error(tmp_path, case):
 
 def test_sigkill_then_resume_equals_uninterrupted_run(demo_run, tmp_path):
     root, _ = demo_run
-    queries = pd.read_parquet(root / "data/sample/queries.parquet")["query"].tolist()
+    # 30 distinct queries, 2 per batch: every batch does real model work (no cache hits),
+    # so there is a "half-way" to kill at; 15 batches in all.
+    queries = pd.read_parquet(root / "data/sample/queries.parquet")["query"].drop_duplicates().tolist()[:30]
     log = tmp_path / "log.parquet"
-    texts = (queries * 3)[:150]
-    pd.DataFrame({"query_id": [f"r{i}" for i in range(len(texts))], "query": texts}).to_parquet(log)
-    args = ["--k", "3", "--candidates", "8", "--batch-size", "10", "--no-progress"]
+    pd.DataFrame({"query_id": [f"r{i}" for i in range(len(queries))], "query": queries}).to_parquet(log)
+    args = ["--k", "3", "--candidates", "5", "--batch-size", "2", "--no-progress"]
 
     full = tmp_path / "full.parquet"
     score_logs(log, full, index_dir=root / "indexes/default", reranker=root / "models/reranker",
-               catalog=root / "data/sample/catalog.parquet", k=3, candidates=8, batch_size=10, show_progress=False)
+               catalog=root / "data/sample/catalog.parquet", k=3, candidates=5, batch_size=2, show_progress=False)
 
     out = tmp_path / "scored.parquet"
     cmd = [sys.executable, "-m", "pipeline", "score-logs", "--input", str(log), "--output", str(out), *args]
@@ -122,7 +123,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(demo_run, tmp_path):
     resumed = _run("score-logs", "--input", str(log), "--output", str(out), *args, "--resume", "--json", cwd=root)
     assert resumed.returncode == 0, resumed.stderr
     report = json.loads(resumed.stdout)
-    assert report["batches_resumed"] == done and report["rows_in"] == 150
+    assert report["batches_resumed"] == done and report["rows_in"] == len(queries)
     pd.testing.assert_frame_equal(pd.read_parquet(out), pd.read_parquet(full))
     meta = [json.loads(pq.read_schema(p).metadata[b"shoprank"]) for p in (out, full)]
     assert meta[0]["models"] == meta[1]["models"] and not parts.exists()
