@@ -87,8 +87,13 @@ def compare_rerankers(data_dir: str | os.PathLike[str] | None = None, out_dir: s
                       max_length: int = 32, batch_size: int = 32, learning_rate: float = 1e-4, train_queries: int | None = 80,
                       valid_queries: int | None = 10, test_queries: int | None = 30,
                       max_shown_per_query: int | None = 12, negatives: int = 4, adapt_steps: int = 40,
-                      int8: bool = True, seed: int = 13, progress: bool = True) -> dict[str, Any]:
-    """Train + evaluate every variant; write ``results.json`` in ``out_dir``; return the results."""
+                      int8: bool = True, weights: dict[str, float] | None = None, seed: int = 13,
+                      progress: bool = True) -> dict[str, Any]:
+    """Train + evaluate every variant; write ``results.json`` in ``out_dir``; return the results.
+
+    ``weights``: fusion weights for the multi-task rows' ranking score (default
+    :data:`rerank.fusion.DEFAULT_WEIGHTS`).
+    """
     from rerank.adapt import adapt_lm
     from rerank.data import build_eval_pairs
     from rerank.evaluation import model_metrics, ranking_metrics
@@ -126,7 +131,7 @@ def compare_rerankers(data_dir: str | os.PathLike[str] | None = None, out_dir: s
               "train_queries": len(chosen["train"]), "valid_queries": len(chosen["valid"]),
               "test_queries": len(chosen["test"]), "test_pairs": len(test_pairs),
               "max_shown_per_query": max_shown_per_query, "negatives": negatives, "adapt_steps": adapt_steps,
-              "seed": seed, **retr_info}
+              "seed": seed, "fusion_weights": weights, **retr_info}
     for name in names:
         spec = dict(VARIANTS[name])
         encoder = None
@@ -142,14 +147,14 @@ def compare_rerankers(data_dir: str | os.PathLike[str] | None = None, out_dir: s
                              max_shown_per_query=max_shown_per_query, progress=progress, **spec)
         model = rep.pop("model")
         probs = model.predict(test_pairs["query"].tolist(), test_pairs["text"].tolist())
-        rows.append({"system": name, **model_metrics(test_pairs, probs, model.tasks, qrels),
+        rows.append({"system": name, **model_metrics(test_pairs, probs, model.tasks, qrels, weights),
                      "train_seconds": rep["train_seconds"]})
         reports[name] = {k: v for k, v in rep.items() if k != "history"}
         if int8 and name == "mmoe_funnel":
             q8 = MultiTaskCrossEncoder.load(work / f"reranker-{name}", quantize=True)
             t0 = time.time()
             probs8 = q8.predict(test_pairs["query"].tolist(), test_pairs["text"].tolist())
-            rows.append({"system": "mmoe_funnel_int8", **model_metrics(test_pairs, probs8, q8.tasks, qrels),
+            rows.append({"system": "mmoe_funnel_int8", **model_metrics(test_pairs, probs8, q8.tasks, qrels, weights),
                          "predict_seconds": round(time.time() - t0, 1)})
         _results(rows, reports, config, started, work, partial=True)
     results = _results(rows, reports, config, started, work, partial=False)

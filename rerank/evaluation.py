@@ -63,8 +63,9 @@ def ranking_metrics(pairs: pd.DataFrame, score: np.ndarray,
 def model_metrics(pairs: pd.DataFrame, probs: np.ndarray, tasks: Sequence[str],
                   qrels: Mapping[str, Mapping[str, int]] | None = None,
                   weights: Mapping[str, float] | None = None) -> dict[str, float]:
-    """:func:`ranking_metrics` for a reranker's probabilities (ranking score = fusion)."""
-    score = fuse(probs, tasks, weights)
+    """:func:`ranking_metrics` for a reranker's probabilities (ranking score = fusion;
+    a single-task model ranks by its one probability whatever the weights)."""
+    score = np.asarray(probs[:, 0], dtype=np.float64) if len(tasks) == 1 else fuse(probs, tasks, weights)
     return ranking_metrics(pairs, score, {t: probs[:, i] for i, t in enumerate(tasks)}, qrels)
 
 

@@ -134,11 +134,18 @@ def compare_rerankers_cmd(
     max_shown: int = typer.Option(12, "--max-shown", min=1, help="Shown rows per train query (all engaged kept)."),
     adapt_steps: int = typer.Option(40, "--adapt-steps", min=1, help="MLM steps for the domain-adapted variant."),
     retriever_steps: int = typer.Option(100, "--retriever-steps", min=1),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Fusion weights, e.g. click=0.1,add_to_cart=0.3,purchase=1."),
     seed: int = typer.Option(DEFAULT_SEED, "--seed"),
     json_out: bool = _JSON,
 ) -> None:
     """Train and evaluate every reranker variant on the test split (reranking retriever top-100)."""
     from pipeline.compare import COLUMNS, compare_rerankers
+    from rerank.fusion import parse_weights
+
+    try:
+        fusion = parse_weights(weights)
+    except ValueError as exc:
+        _bad(exc)
 
     if not data.is_dir():
         from pipeline.errors import DataError
@@ -150,7 +157,7 @@ def compare_rerankers_cmd(
             variants=[v.strip() for v in variants.split(",")] if variants else None, epochs=epochs,
             max_length=max_length, learning_rate=learning_rate, train_queries=train_queries,
             valid_queries=valid_queries, test_queries=test_queries, max_shown_per_query=max_shown,
-            adapt_steps=adapt_steps, seed=seed, progress=not json_out)
+            adapt_steps=adapt_steps, weights=fusion, seed=seed, progress=not json_out)
     if json_out:
         emit_json({k: v for k, v in results.items() if k != "reports"})
         return
