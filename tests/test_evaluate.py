@@ -27,6 +27,14 @@ def _read_trec(path, cols):
     return out
 
 
+def _read_ranks(path):
+    out: dict[str, dict] = {}
+    for line in open(path, encoding="utf-8"):
+        qid, _, doc, rank, _score, _system = line.split()
+        out.setdefault(qid, {})[doc] = int(rank)
+    return out
+
+
 @pytest.fixture(scope="module")
 def report(demo_run, tmp_path_factory):
     root, _ = demo_run
@@ -57,7 +65,11 @@ def test_metrics_agree_with_pytrec_eval_on_the_run_files(report):
     rows = {(r["system"], r["subset"]): r for r in report["rows"]}
     for system, path in report["run_files"].items():
         run = _read_trec(path, "run")
-        top10 = {q: dict(sorted(d.items(), key=lambda kv: (-kv[1], kv[0]))[:10]) for q, d in run.items()}
+        # MRR@10 needs a cut-off; cut by the file's rank column (score desc, ties by doc id asc,
+        # as written). Scores become -rank so trec_eval's own tie order (doc id desc) cannot
+        # reshuffle tied BM25 scores: both computations then see the same ranked list.
+        ranks = _read_ranks(path)
+        top10 = {q: {d: -float(r) for d, r in docs.items() if r <= 10} for q, docs in ranks.items()}
         ndcg = graded_eval.evaluate(run)
         rr = binary_eval.evaluate(top10)
         rec = binary_eval.evaluate(run)
