@@ -177,12 +177,13 @@ def demo(
     quick: bool = typer.Option(False, "--quick", help="Tiny world and short training (< 3 min)."),
     workdir: Path = typer.Option(Path("."), "--workdir", help="Where data/, models/, indexes/ and runs/ go."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr for each step."),
 ) -> None:
     """The whole pipeline on the built-in sample shop: generate data, train the retriever,
     build the index, train the reranker, evaluate, show example searches, score a query log."""
     from pipeline.demo import run_demo
 
-    report = run_demo(workdir, quick=quick)
+    report = run_demo(workdir, quick=quick, progress=progress)
     if json_out:
         emit_json(report)
         return
