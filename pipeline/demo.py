@@ -47,12 +47,14 @@ class DemoBudget:
 
 
 # Budgets sized on 2 CPU cores: QUICK for the test suite (< 3 min), FULL for `make demo`
-# (< 15 min). Training dominates: the retriever sees ~8 rows/s and the reranker ~15 pairs/s.
+# (< 15 min). Training dominates: the retriever sees ~3-6 rows/s (hard negatives included) and the
+# reranker ~15-30 pairs/s on 2 cores; a fresh `make demo` with 2,000 retriever rows took 12 min for
+# the retriever alone on a shared machine, hence 1,000.
 QUICK = DemoBudget(n_products=300, n_queries=60, retriever_epochs=1, retriever_max_rows=96,
                    reranker_epochs=1, reranker_max_queries=16, reranker_max_shown=4, reranker_negatives=2,
                    candidates=20, log_rows=200, eval_engagement_pairs=300)
-FULL = DemoBudget(n_products=2000, n_queries=500, retriever_epochs=1, retriever_max_rows=2000,
-                  reranker_epochs=1, reranker_max_queries=200, reranker_max_shown=8, reranker_negatives=3,
+FULL = DemoBudget(n_products=2000, n_queries=500, retriever_epochs=1, retriever_max_rows=1000,
+                  reranker_epochs=1, reranker_max_queries=150, reranker_max_shown=8, reranker_negatives=3,
                   candidates=50, log_rows=5000, eval_engagement_pairs=2000)
 
 
