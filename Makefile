@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast clean
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -27,9 +27,6 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
-
-bench: install
-	$(BIN)/python benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) indexes/default models runs
