@@ -150,6 +150,18 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def ensure_writable_dir(directory: str | os.PathLike[str], what: str = "output directory") -> Path:
+    """Create ``directory`` if needed and check it is writable, with a one-line error if not."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ArtifactError(f"{directory}: cannot create {what} ({exc.strerror})") from None
+    if not os.access(directory, os.W_OK):
+        raise ArtifactError(f"{directory}: {what} is not writable")
+    return directory
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Build a directory in a temporary sibling, then swap it into place.
@@ -159,13 +171,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     possible if the process dies between them) is restored by :func:`recover_directory`.
     """
     target = Path(path)
-    parent = target.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ArtifactError(f"{parent}: cannot create output directory ({exc.strerror})") from None
-    if not os.access(parent, os.W_OK):
-        raise ArtifactError(f"{parent}: output directory is not writable")
+    parent = ensure_writable_dir(target.parent)
     tag = uuid.uuid4().hex[:8]
     tmp = parent / f".{target.name}.tmp-{tag}"
     old = parent / f".{target.name}.old-{tag}"

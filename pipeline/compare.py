@@ -47,13 +47,6 @@ COLUMNS = ["system", "ndcg@10", "click_ndcg@10", "click_auc", "add_to_cart_ndcg@
            "purchase_ndcg@10", "purchase_auc", "train_seconds"]
 
 
-def _pick(queries: list[str], limit: int | None, seed: int) -> list[str]:
-    if limit is None or limit >= len(queries):
-        return list(queries)
-    rng = np.random.default_rng(seed)
-    return [queries[i] for i in sorted(rng.choice(len(queries), size=limit, replace=False))]
-
-
 def _reduced(dataset: Dataset, keep: set[str]) -> Dataset:
     """The dataset restricted to the chosen queries (so every variant trains on the same ones)."""
     return replace(dataset, queries=dataset.queries[dataset.queries["query"].isin(keep)].reset_index(drop=True))
@@ -98,7 +91,7 @@ def compare_rerankers(data_dir: str | os.PathLike[str] | None = None, out_dir: s
     from rerank.data import build_eval_pairs
     from rerank.evaluation import model_metrics, ranking_metrics
     from rerank.model import MultiTaskCrossEncoder
-    from rerank.train import train_reranker
+    from rerank.train import pick_queries, train_reranker
 
     started = time.time()
     names = list(variants or RUN_ORDER)
@@ -112,7 +105,7 @@ def compare_rerankers(data_dir: str | os.PathLike[str] | None = None, out_dir: s
     work.mkdir(parents=True, exist_ok=True)
     retriever, retr_info = _retriever(dataset, work, Path(index_dir) if index_dir else None,
                                       Path(retriever_dir) if retriever_dir else None, retriever_steps, seed, progress)
-    chosen = {split: _pick(dataset.split_queries(split), limit, seed)
+    chosen = {split: pick_queries(dataset.split_queries(split), limit, seed)
               for split, limit in (("train", train_queries), ("valid", valid_queries), ("test", test_queries))}
     all_q = [q for qs in chosen.values() for q in qs]
     ids, scores = retriever.search(all_q, k=candidates)

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 from pipeline.config import (DEFAULT_DATA_DIR, DEFAULT_INDEX_DIR, DEFAULT_RERANKER_DIR, DEFAULT_RETRIEVER_DIR,
                              DEFAULT_SEED)
-from pipeline.errors import ShoprankError
+from pipeline.artifacts import ensure_writable_dir
 
 PREFERRED_EXAMPLES = ("comfy couch",)
 MAX_EXAMPLE_QUERIES = 25
@@ -130,13 +130,7 @@ def run_demo(workdir: str | os.PathLike[str] = ".", *, quick: bool = False, seed
     from retrieval.train import train_retriever
 
     budget = budget or (QUICK if quick else FULL)
-    root = Path(workdir)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ShoprankError(f"{root}: cannot create demo directory ({exc.strerror})") from None
-    if not os.access(root, os.W_OK):
-        raise ShoprankError(f"{root}: demo directory is not writable")
+    root = ensure_writable_dir(workdir, "demo directory")
     data_dir, retriever_dir = root / DEFAULT_DATA_DIR, root / DEFAULT_RETRIEVER_DIR
     index_dir, reranker_dir, runs = root / DEFAULT_INDEX_DIR, root / DEFAULT_RERANKER_DIR, root / "runs"
     runs.mkdir(exist_ok=True)

@@ -136,9 +136,10 @@ def _require(dataset: Dataset) -> None:
         raise DataError("train-reranker needs a queries table with a split column (queries.parquet or --queries)")
 
 
-def _pick(queries: list[str], limit: int | None, seed: int) -> list[str]:
+def pick_queries(queries: list[str], limit: int | None, seed: int) -> list[str]:
+    """A seeded subsample of ``limit`` queries, in their original order (all if no limit)."""
     if limit is None or limit >= len(queries):
-        return queries
+        return list(queries)
     rng = np.random.default_rng(seed)
     return [queries[i] for i in sorted(rng.choice(len(queries), size=limit, replace=False))]
 
@@ -162,8 +163,8 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
     tasks = list(tasks)
     HeadConfig(tasks=tasks, architecture=architecture, heads=heads, n_experts=n_experts,
                max_length=max_length).validate()  # fail before any data or weights are loaded
-    train_q = _pick(dataset.split_queries("train"), max_queries, seed)
-    valid_q = _pick(dataset.split_queries("valid"), max_valid_queries, seed)
+    train_q = pick_queries(dataset.split_queries("train"), max_queries, seed)
+    valid_q = pick_queries(dataset.split_queries("valid"), max_valid_queries, seed)
     if not train_q:
         raise DataError("queries: no rows with split == 'train'")
     examples = build_examples(dataset.engagement, dataset.catalog, train_q, candidates=candidates,
