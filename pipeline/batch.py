@@ -382,13 +382,15 @@ def score_logs(input_path: str | os.PathLike[str], output_path: str | os.PathLik
                searcher: Scorer | None = None, index_dir: str | os.PathLike[str] | None = None,
                reranker: str | os.PathLike[str] | None = None, catalog: str | os.PathLike[str] | None = None,
                k: int = 10, candidates: int = 100, batch_size: int = 1024, resume: bool = False,
-               cache_size: int = 50_000, show_progress: bool = True) -> dict[str, Any]:
+               cache_size: int = 50_000, show_progress: bool = True, backend: str = "auto",
+               precision: str | None = None) -> dict[str, Any]:
     """Score a query log into a Parquet file; returns a report (rows, time, throughput, models).
 
     Mode is chosen by the input's columns: with ``product_id`` each (query, product) pair
     gets rerank scores ("pairs"); without it each query gets its top-``k`` products
     ("queries"). Rows with an empty query (or, in pairs mode, an unknown product) produce
-    no output and are counted in ``report["skipped"]``.
+    no output and are counted in ``report["skipped"]``. ``backend``/``precision`` choose the
+    inference path as in :meth:`pipeline.search.TwoStageSearcher.load`.
     """
     from pipeline import config
 
@@ -406,7 +408,8 @@ def score_logs(input_path: str | os.PathLike[str], output_path: str | os.PathLik
 
         searcher = TwoStageSearcher.load(index_dir or config.DEFAULT_INDEX_DIR,
                                          config.DEFAULT_RERANKER_DIR if reranker is None else reranker,
-                                         catalog=catalog)
+                                         catalog=catalog, backend=backend,
+                                         precision=precision or config.DEFAULT_PRECISION)
     tasks = tuple(searcher.tasks) or DEFAULT_TASKS
     models = searcher.manifest_ids()
     params = {"mode": mode, "k": k, "candidates": candidates, "batch_size": batch_size, "tasks": list(tasks)}

@@ -34,6 +34,11 @@ DEFAULT_RERANKER_DIR = Path("models/reranker")
 DEFAULT_DOMAIN_BERT_DIR = Path("models/domain-bert")
 DEFAULT_INDEX_DIR = Path("indexes/default")
 DEFAULT_SEED = 13
+#: Inference backends for both encoders: "auto" = ONNX Runtime when exports exist, else torch.
+BACKENDS = ("auto", "onnx", "torch")
+#: Default inference precision for search and batch scoring; chosen from the quality/latency
+#: measurements of benchmarks/run_all.py (see the README's performance section).
+DEFAULT_PRECISION = "fp32"
 
 
 def config_path() -> Path:

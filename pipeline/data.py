@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import DataError
+from pipeline.textutil import PRODUCT_TEXT_FIELDS, join_product_fields
 from pipeline.schema import Mapping, SectionMapping, load_mapping
 
 CATALOG_COLUMNS = ["product_id", "title", "description", "brand", "category", "attributes", "price"]
@@ -57,14 +58,10 @@ class Dataset:
 
 
 def product_text(catalog: pd.DataFrame) -> list[str]:
-    """The ONE product text template shared by the bi-encoder and the cross-encoder.
-
-    ``"{title} | {brand} | {category} | {attributes}"`` — empty parts are dropped. The title
-    comes first because encoders truncate from the end; description is left out because
-    it is long, repetitive and dilutes the short fields that queries actually match.
-    """
-    parts = catalog.reindex(columns=["title", "brand", "category", "attributes"]).fillna("").astype(str)
-    return [" | ".join(p.strip() for p in row if p and p.strip()) for row in parts.itertuples(index=False)]
+    """The ONE product text template shared by the bi-encoder and the cross-encoder
+    (:func:`pipeline.textutil.join_product_fields`: title | brand | category | attributes)."""
+    parts = catalog.reindex(columns=list(PRODUCT_TEXT_FIELDS)).fillna("").astype(str)
+    return [join_product_fields(row) for row in parts.itertuples(index=False)]
 
 
 def qrels_dict(qrels: pd.DataFrame) -> dict[str, dict[str, int]]:

@@ -43,7 +43,12 @@ def import_faiss(with_torch: bool = True) -> ModuleType:
     """Import faiss in the project's one import order: torch first (if wanted and installed).
 
     ``with_torch=False`` is for the torch-free cold search path, where torch is never loaded.
+    Once faiss is loaded the order is settled, so later calls just return it.
     """
+    import sys
+
+    if "faiss" in sys.modules:
+        return sys.modules["faiss"]
     configure_environment()
     if with_torch:
         try:

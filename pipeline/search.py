@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import DEFAULT_DATA_DIR, DEFAULT_INDEX_DIR, DEFAULT_RERANKER_DIR
+from pipeline.config import BACKENDS, DEFAULT_DATA_DIR, DEFAULT_INDEX_DIR, DEFAULT_PRECISION, DEFAULT_RERANKER_DIR
 from pipeline.errors import ArtifactError, DataError, ShoprankError
 
 #: Longer queries are cut (with a note) before encoding: real queries are a few words, and
@@ -64,16 +64,64 @@ def clean_query(query: object) -> str:
     return text[:MAX_QUERY_CHARS]
 
 
-def _load_catalog(path: Path) -> Any:
-    """Read the catalog that gives product ids their titles and reranker text."""
-    from pipeline.data import load_dataset
+class CatalogText:
+    """What the searcher needs from a catalog: ids, titles and the reranker's product text.
 
-    if not path.is_file():
-        raise ArtifactError(
-            f"{path}: catalog not found (the reranker needs product text); pass --catalog "
-            "or run `pipeline demo` first"
-        )
-    return load_dataset(catalog=path).catalog
+    Product texts are built on demand for the candidates actually reranked (the template is
+    :func:`pipeline.textutil.join_product_fields`, the same one training used), so opening a
+    100k-product catalog costs one columnar read, not 100k string joins.
+    """
+
+    def __init__(self, ids: list[str], columns: dict[str, list[Any]]) -> None:
+        self.ids = ids
+        self.columns = columns
+        self.titles = ["" if t is None else str(t) for t in columns["title"]]
+
+    @classmethod
+    def from_frame(cls, frame: Any) -> CatalogText:
+        """From a validated catalog DataFrame (library callers already hold one)."""
+        from pipeline.textutil import PRODUCT_TEXT_FIELDS
+
+        parts = frame.reindex(columns=list(PRODUCT_TEXT_FIELDS)).fillna("").astype(str)
+        return cls(frame["product_id"].astype(str).tolist(), {c: parts[c].tolist() for c in PRODUCT_TEXT_FIELDS})
+
+    @classmethod
+    def read(cls, path: Path) -> CatalogText:
+        """Read a catalog file. A Parquet file in the canonical schema is read with pyarrow
+        alone (the cold search path avoids importing pandas); anything else goes through
+        :func:`pipeline.data.load_dataset` and its validation."""
+        if not path.is_file():
+            raise ArtifactError(
+                f"{path}: catalog not found (the reranker needs product text); pass --catalog "
+                "or run `pipeline demo` first"
+            )
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            from pipeline.textutil import PRODUCT_TEXT_FIELDS
+
+            try:
+                names = set(pq.read_schema(path).names)
+                if {"product_id", "title"} <= names:
+                    wanted = ["product_id", *[c for c in PRODUCT_TEXT_FIELDS if c in names]]
+                    table = pq.ParquetFile(path).read(columns=wanted)  # not read_table: it imports pandas
+                    n = table.num_rows
+                    columns = {c: table.column(c).to_pylist() if c in names else [None] * n
+                               for c in PRODUCT_TEXT_FIELDS}
+                    ids = [str(p) for p in table.column("product_id").to_pylist()]
+                    if None not in columns["title"] and "None" not in ids and len(set(ids)) == n:
+                        return cls(ids, columns)
+            except (OSError, ValueError):
+                pass  # let the validating loader produce the one-line error
+        from pipeline.data import load_dataset
+
+        return cls.from_frame(load_dataset(catalog=path).catalog)
+
+    def text(self, row: int) -> str:
+        """Product text of one catalog row."""
+        from pipeline.textutil import PRODUCT_TEXT_FIELDS, join_product_fields
+
+        return join_product_fields([self.columns[c][row] for c in PRODUCT_TEXT_FIELDS])
 
 
 class TwoStageSearcher:
@@ -85,15 +133,15 @@ class TwoStageSearcher:
 
     def __init__(self, retriever: Any, reranker: Any | None, catalog: Any, *,
                  weights: Mapping[str, float] | None = None) -> None:
-        from pipeline.data import product_text
-
+        """``catalog``: a :class:`CatalogText` or a catalog DataFrame."""
         self.retriever = retriever
         self.reranker = reranker
+        self.backend = "torch" if getattr(reranker or retriever.encoder, "needs_torch", True) else "onnx"
+        self.precision = getattr(reranker, "precision", "fp32")
         self.weights = dict(weights) if weights else None
-        ids = catalog["product_id"].astype(str).tolist()
-        self._row = {pid: i for i, pid in enumerate(ids)}
-        self._titles = catalog["title"].astype(str).tolist()
-        self._texts = product_text(catalog)
+        self.catalog = catalog if isinstance(catalog, CatalogText) else CatalogText.from_frame(catalog)
+        self._row = {pid: i for i, pid in enumerate(self.catalog.ids)}
+        self._titles = self.catalog.titles
         missing = [pid for pid in getattr(retriever, "catalog_ids", []) if pid not in self._row]
         if missing:
             raise ArtifactError(
@@ -105,41 +153,69 @@ class TwoStageSearcher:
     @classmethod
     def load(cls, index_dir: str | os.PathLike[str] = DEFAULT_INDEX_DIR,
              reranker: str | os.PathLike[str] | None = DEFAULT_RERANKER_DIR, *,
-             catalog: str | os.PathLike[str] | None = None, quantize: bool = False,
+             catalog: str | os.PathLike[str] | None = None, backend: str = "auto",
+             precision: str = DEFAULT_PRECISION, quantize: bool = False,
              weights: Mapping[str, float] | None = None, warn: bool = True) -> TwoStageSearcher:
-        """Load the index (and its encoder), the reranker and the catalog.
+        """Load the index (and its query encoder), the reranker and the catalog.
+
+        ``backend``: ``"onnx"`` runs both encoders on ONNX Runtime from their exports
+        (``pipeline export-onnx``) and never imports torch; ``"torch"`` runs the PyTorch
+        models; ``"auto"`` (default) picks ONNX when every needed export exists. ``precision``
+        is ``"int8"`` or ``"fp32"`` (torch int8 = dynamic quantisation of the reranker;
+        ``quantize=True`` is the older spelling of ``precision="int8"``).
 
         A missing reranker at the *default* path is not an error (the user may not have
         trained one yet): the searcher says so on stderr and ranks by retrieval score.
         A reranker path given explicitly must exist. ``catalog`` defaults to the catalog
         recorded in the index manifest, then ``data/sample/catalog.parquet``.
         """
-        from retrieval.index import Retriever
+        from pipeline.artifacts import read_manifest
+        from pipeline.onnx_support import PRECISIONS, has_export
+        from retrieval.index import INDEX_KIND, Retriever
 
+        precision = "int8" if quantize else precision
+        if backend not in BACKENDS:
+            raise ShoprankError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if precision not in PRECISIONS:
+            raise ShoprankError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         index_path = Path(index_dir)
         if not (index_path / "manifest.json").is_file():
             raise ArtifactError(
                 f"{index_path}: no index here; build one with `pipeline build-index` or run `pipeline demo`"
             )
-        retriever = Retriever.load(index_path)
-        cat_path = Path(catalog) if catalog else _catalog_from_manifest(retriever.manifest)
-        frame = _load_catalog(cat_path)
-        model = None
-        if reranker is not None:
-            rpath = Path(reranker)
-            if (rpath / "manifest.json").is_file():
-                from rerank.model import MultiTaskCrossEncoder
-
-                model = (MultiTaskCrossEncoder.load(rpath, quantize=True) if quantize
-                         else MultiTaskCrossEncoder.load(rpath))
-            elif rpath != Path(DEFAULT_RERANKER_DIR):
+        index_manifest = read_manifest(index_path, kind=INDEX_KIND)
+        model_path = Path(str(index_manifest.get("model_path") or ""))
+        rpath = Path(reranker) if reranker is not None else None
+        has_reranker = rpath is not None and (rpath / "manifest.json").is_file()
+        if rpath is not None and not has_reranker:
+            if rpath != Path(DEFAULT_RERANKER_DIR):
                 raise ArtifactError(f"{rpath}: no trained reranker here (no manifest.json)")
-            elif warn:
+            if warn:
                 sys.stderr.write(
                     f"note: no trained reranker at {rpath}; returning retrieval order "
                     "(train one with `pipeline train-reranker` or run `pipeline demo`)\n"
                 )
-        return cls(retriever, model, frame, weights=weights)
+        if backend == "auto":
+            exported = has_export(model_path) and (not has_reranker or has_export(rpath))  # type: ignore[arg-type]
+            backend = "onnx" if exported else "torch"
+        if backend == "onnx":
+            from rerank.onnx_model import OnnxCrossEncoder
+            from retrieval.onnx_encoder import OnnxBiEncoder
+
+            encoder = OnnxBiEncoder.load(model_path, str(index_manifest.get("model_id") or ""), precision=precision)
+            retriever = Retriever.load(index_path, encoder=encoder)
+            model: Any = OnnxCrossEncoder.load(rpath, precision=precision) if has_reranker else None
+        else:
+            retriever = Retriever.load(index_path)
+            model = None
+            if has_reranker:
+                from rerank.model import MultiTaskCrossEncoder
+
+                model = MultiTaskCrossEncoder.load(rpath, quantize=precision == "int8")  # type: ignore[arg-type]
+        cat_path = Path(catalog) if catalog else _catalog_from_manifest(retriever.manifest)
+        searcher = cls(retriever, model, CatalogText.read(cat_path), weights=weights)
+        searcher.backend, searcher.precision = backend, precision
+        return searcher
 
     # ---------------------------------------------------------------- properties
     @property
@@ -158,6 +234,7 @@ class TwoStageSearcher:
                "retriever_model": str(getattr(self.retriever.encoder, "model_id", ""))}
         if self.reranker is not None:
             ids["reranker"] = str(self.reranker.manifest.get("id", ""))
+        ids["backend"] = f"{self.backend}-{self.precision}"
         return ids
 
     def has_product(self, product_id: str) -> bool:
@@ -174,7 +251,7 @@ class TwoStageSearcher:
         """Task probabilities (n, tasks) and fused scores (n,) for one query's products."""
         from rerank.fusion import fuse
 
-        texts = [self._texts[self._row[pid]] for pid in product_ids]
+        texts = [self.catalog.text(self._row[pid]) for pid in product_ids]
         probs = np.asarray(self.reranker.predict([query] * len(texts), texts), dtype=np.float32)
         scores = np.asarray(fuse(probs, self.tasks, self.weights), dtype=np.float64)
         return probs, scores
@@ -243,7 +320,7 @@ def run_search(queries: Sequence[str], *, k: int = 10, candidates: int = 100,
                index_dir: str | os.PathLike[str] = DEFAULT_INDEX_DIR,
                reranker: str | os.PathLike[str] | None = DEFAULT_RERANKER_DIR,
                catalog: str | os.PathLike[str] | None = None, weights: Mapping[str, float] | None = None,
-               quantize: bool = False) -> dict[str, Any]:
+               backend: str = "auto", precision: str = DEFAULT_PRECISION, quantize: bool = False) -> dict[str, Any]:
     """Load the searcher once and answer several queries (what `pipeline search` prints).
 
     Queries are validated *before* any model is loaded, so a blank query fails in
@@ -253,7 +330,8 @@ def run_search(queries: Sequence[str], *, k: int = 10, candidates: int = 100,
         raise ShoprankError("no query given; pass a query or --queries-file")
     cleaned = [clean_query(q) for q in queries]
     truncated = [i for i, q in enumerate(queries) if len(" ".join(str(q).split())) > MAX_QUERY_CHARS]
-    searcher = TwoStageSearcher.load(index_dir, reranker, catalog=catalog, quantize=quantize, weights=weights)
+    searcher = TwoStageSearcher.load(index_dir, reranker, catalog=catalog, backend=backend, precision=precision,
+                                     quantize=quantize, weights=weights)
     hits = searcher.search_many(cleaned, k=k, candidates=candidates)
     return {
         "reranked": searcher.reranked, "tasks": list(searcher.tasks), "models": searcher.manifest_ids(),

@@ -1,4 +1,9 @@
-"""Content-word tokenisation shared by the mismatch measure, the sample world and the
+"""Product text template and content-word tokenisation, shared by every stage.
+
+The product text template lives here (not in :mod:`pipeline.data`) so the torch- and
+pandas-free search path builds exactly the same text as training did.
+
+Content-word tokenisation is shared by the mismatch measure, the sample world and the
 simulated production ranker.
 
 Why one module: "does this query share a word with its products?" must be answered the
@@ -31,3 +36,17 @@ def tokens(text: str) -> list[str]:
 def content_words(text: str) -> frozenset[str]:
     """Tokens of ``text`` minus stop words: the words a lexical matcher could match on."""
     return frozenset(t for t in tokens(text) if t not in STOP_WORDS)
+
+
+#: Catalog fields that make up the product text, in order.
+PRODUCT_TEXT_FIELDS = ("title", "brand", "category", "attributes")
+
+
+def join_product_fields(values: "tuple[object, ...] | list[object]") -> str:
+    """``"{title} | {brand} | {category} | {attributes}"`` with empty/missing parts dropped.
+
+    The title comes first because encoders truncate from the end; description is left out
+    because it is long, repetitive and dilutes the short fields that queries actually match.
+    """
+    parts = ("" if v is None or (isinstance(v, float) and v != v) else str(v) for v in values)
+    return " | ".join(p.strip() for p in parts if p and p.strip())

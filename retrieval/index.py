@@ -86,10 +86,10 @@ def _apply_search_params(index: Any, params: dict[str, Any]) -> None:
             inner.k_factor = float(params["k_factor"])
 
 
-def _faiss() -> Any:
+def _faiss(with_torch: bool = True) -> Any:
     from pipeline.runtime import import_faiss
 
-    return import_faiss()
+    return import_faiss(with_torch=with_torch)
 
 
 def _uses_idmap(index: Any) -> bool:
@@ -209,9 +209,9 @@ def build_index(catalog_df: "pd.DataFrame", encoder: "BiEncoder", out_dir: str |
     return manifest
 
 
-def _read_index(index_dir: Path, manifest: dict[str, Any], mmap: bool) -> Any:
+def _read_index(index_dir: Path, manifest: dict[str, Any], mmap: bool, with_torch: bool = True) -> Any:
     """Read index.faiss after checking its size and checksum against the manifest."""
-    faiss = _faiss()
+    faiss = _faiss(with_torch)
     path = index_dir / INDEX_FILE
     if not path.is_file():
         raise ArtifactError(f"{path}: index file missing")
@@ -250,13 +250,15 @@ class Retriever:
 
         ``encoder=None`` loads the model recorded in the manifest (``load_encoder=False``
         skips it, for tools that only need vectors); an encoder with other weights is refused.
+        A torch-free encoder (``needs_torch = False``, the ONNX one) keeps torch out of the
+        process: faiss is then imported without torch in front of it.
         """
         index_dir = Path(index_dir)
         recover_directory(index_dir)
         if not index_dir.is_dir():
             raise ArtifactError(f"{index_dir}: index directory does not exist (run `pipeline build-index`)")
         manifest = read_manifest(index_dir, kind=INDEX_KIND)
-        index = _read_index(index_dir, manifest, mmap)
+        index = _read_index(index_dir, manifest, mmap, with_torch=getattr(encoder, "needs_torch", True))
         if index.d != manifest.get("dim"):
             raise ArtifactError(f"{index_dir / INDEX_FILE}: dimension {index.d} does not match the manifest ({manifest.get('dim')})")
         try:

@@ -14,12 +14,16 @@ from typing import Any, Optional
 import typer
 
 from pipeline.cli._app import app, emit_json, info, print_table
-from pipeline.config import DEFAULT_DATA_DIR, DEFAULT_INDEX_DIR, DEFAULT_RERANKER_DIR
+from pipeline.config import (DEFAULT_DATA_DIR, DEFAULT_INDEX_DIR, DEFAULT_PRECISION, DEFAULT_RERANKER_DIR,
+                             DEFAULT_RETRIEVER_DIR)
 from pipeline.errors import ShoprankError
 
 _INDEX = typer.Option(DEFAULT_INDEX_DIR, "--index", help="Index directory (built by build-index or the demo).")
 _RERANKER = typer.Option(DEFAULT_RERANKER_DIR, "--reranker", help="Trained reranker directory.")
 _CATALOG = typer.Option(None, "--catalog", help="Catalog file (default: data/sample/catalog.parquet).")
+_BACKEND = typer.Option("auto", "--backend", help="auto | onnx | torch. auto = ONNX Runtime (no torch import) "
+                        "when `pipeline export-onnx` has exported both models, else PyTorch.")
+_PRECISION = typer.Option(DEFAULT_PRECISION, "--precision", help="fp32 | int8 (int8: faster, slightly different scores).")
 
 
 def _weights(spec: Optional[str]) -> Optional[dict[str, float]]:
@@ -49,7 +53,9 @@ def search(
     catalog: Optional[Path] = _CATALOG,
     queries_file: Optional[Path] = typer.Option(None, "--queries-file", help="Text file, one query per line."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Fusion weights, e.g. click=0.1,add_to_cart=0.3,purchase=1."),
-    quantize: bool = typer.Option(False, "--int8", help="Use the int8-quantized reranker (faster on CPU)."),
+    backend: str = _BACKEND,
+    precision: str = _PRECISION,
+    quantize: bool = typer.Option(False, "--int8", help="Shorthand for --precision int8."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Search the catalog: retrieve top candidates, rerank them, show the top k with click /
@@ -68,7 +74,8 @@ def search(
         if not queries:
             raise ShoprankError(f"{queries_file}: no queries in the file")
     result = run_search(queries, k=k, candidates=candidates, index_dir=index_dir, reranker=reranker,
-                        catalog=catalog, weights=_weights(weights), quantize=quantize)
+                        catalog=catalog, weights=_weights(weights), backend=backend, precision=precision,
+                        quantize=quantize)
     if json_out:
         emit_json(result)
         return
@@ -102,6 +109,8 @@ def score_logs(
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (e.g. ray://head:10001 or "
                                                                   "auto); default: start a local Ray. --engine ray only."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray scoring actors (default: one per CPU)."),
+    backend: str = _BACKEND,
+    precision: str = _PRECISION,
 ) -> None:
     """Score a query log offline into Parquet: streamed in batches, resumable, with the
     model ids in the file's metadata. Repeated queries are computed once. With --engine ray
@@ -109,6 +118,8 @@ def score_logs(
     if engine not in ("local", "ray"):
         raise ShoprankError(f"--engine must be 'local' or 'ray' (got {engine!r})")
     if engine == "ray":
+        if backend != "auto" or precision != DEFAULT_PRECISION:
+            raise ShoprankError("--backend/--precision are for the local engine; Ray actors use the torch fp32 path")
         if resume:
             raise ShoprankError("--resume is for the local engine; the Ray engine retries failed batches itself")
         from pipeline.distributed import score_logs_ray
@@ -122,7 +133,8 @@ def score_logs(
         from pipeline.batch import score_logs as run
 
         report = run(input_path, output, index_dir=index_dir, reranker=reranker, catalog=catalog, k=k,
-                     candidates=candidates, batch_size=batch_size, resume=resume, show_progress=progress)
+                     candidates=candidates, batch_size=batch_size, resume=resume, show_progress=progress,
+                     backend=backend, precision=precision)
     for reason, count in report["skipped"].items():
         info(f"note: skipped {count} row(s) with {reason} (first: row {report['first_skipped_row'][reason]})")
     if json_out:
@@ -131,6 +143,26 @@ def score_logs(
         print_table([{key: report[key] for key in ("output", "mode", "rows_in", "rows_out", "computed",
                                                     "batches", "batches_resumed", "seconds", "rows_per_s")}],
                     title="score-logs")
+
+
+@app.command("export-onnx")
+def export_onnx(
+    retriever: Path = typer.Option(DEFAULT_RETRIEVER_DIR, "--retriever", help="Trained retriever folder."),
+    reranker: Path = _RERANKER,
+    skip_reranker: bool = typer.Option(False, "--no-reranker", help="Export only the retriever."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Export both encoders to ONNX (fp32 + int8) next to their models, so `search` and
+    `score-logs` run on ONNX Runtime and a cold `pipeline search` never imports torch."""
+    from pipeline.export import export_onnx as run
+
+    report = run(retriever, None if skip_reranker else reranker)
+    if json_out:
+        emit_json(report)
+        return
+    print_table([{"model": name, "export": r["export"], "seconds": r["seconds"],
+                  **{f: f"{size / 2**20:.1f} MiB" for f, size in r["files"].items() if f.endswith(".onnx")}}
+                 for name, r in report.items()], title="export-onnx")
 
 
 @app.command("evaluate")

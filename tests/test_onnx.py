@@ -1,0 +1,141 @@
+"""ONNX Runtime path: exports reproduce the torch models, refuse stale or corrupt files, and a
+cold `pipeline search` on exported models never imports torch."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.errors import ArtifactError
+
+QUERIES = ["comfy couch", "running shoes", "lamp for the desk"]
+
+
+@pytest.fixture(scope="module")
+def exported(demo_run: tuple[Path, dict]) -> Path:
+    """The quick demo's workdir with both models exported (the demo exports them itself)."""
+    from pipeline.export import export_onnx
+    from pipeline.onnx_support import has_export
+
+    root, _ = demo_run
+    retriever, reranker = root / "models/retriever", root / "models/reranker"
+    if not (has_export(retriever) and has_export(reranker)):
+        export_onnx(retriever, reranker)
+    return root
+
+
+def _catalog_texts(root: Path, n: int = 40) -> list[str]:
+    from pipeline.data import load_dataset, product_text
+
+    return product_text(load_dataset(catalog=root / "data/sample/catalog.parquet").catalog)[:n]
+
+
+def test_bi_encoder_export_matches_torch(exported: Path) -> None:
+    from retrieval.encoder import BiEncoder
+    from retrieval.onnx_encoder import OnnxBiEncoder
+
+    texts = _catalog_texts(exported) + QUERIES
+    torch_enc = BiEncoder.load(exported / "models/retriever")
+    ref = torch_enc.encode_products(texts, show_progress=False)
+    fp32 = OnnxBiEncoder.load(exported / "models/retriever", torch_enc.model_id, precision="fp32")
+    int8 = OnnxBiEncoder.load(exported / "models/retriever", torch_enc.model_id, precision="int8")
+    assert np.allclose(fp32.encode_products(texts, show_progress=False), ref, atol=1e-4)
+    cos = (int8.encode_products(texts, show_progress=False) * ref).sum(1)
+    assert cos.min() > 0.97, cos.min()
+
+
+def test_query_cache_returns_same_vectors_and_counts_hits(exported: Path) -> None:
+    from retrieval.encoder import BiEncoder
+    from retrieval.onnx_encoder import OnnxBiEncoder
+
+    model_id = BiEncoder.load(exported / "models/retriever").model_id
+    enc = OnnxBiEncoder.load(exported / "models/retriever", model_id, precision="fp32", cache_size=2)
+    first = enc.encode_queries(QUERIES[:2])
+    again = enc.encode_queries([QUERIES[1], QUERIES[0], QUERIES[1]])
+    assert np.array_equal(again, first[[1, 0, 1]])
+    assert enc.cache.stats() == {"size": 2, "hits": 2, "misses": 2}
+    enc.encode_queries([QUERIES[2]])  # evicts the least recently used (QUERIES[1])
+    assert enc.cache.stats()["size"] == 2 and enc.cache.get(QUERIES[1]) is None
+
+
+def test_reranker_export_matches_torch(exported: Path) -> None:
+    from rerank.model import MultiTaskCrossEncoder
+    from rerank.onnx_model import OnnxCrossEncoder
+
+    texts = _catalog_texts(exported)
+    queries = [QUERIES[i % 3] for i in range(len(texts))]
+    ref = MultiTaskCrossEncoder.load(exported / "models/reranker").predict(queries, texts)
+    fp32 = OnnxCrossEncoder.load(exported / "models/reranker", precision="fp32")
+    assert fp32.tasks == ("click", "add_to_cart", "purchase")
+    assert np.allclose(fp32.predict(queries, texts, batch_size=7), ref, atol=1e-5)
+    int8 = OnnxCrossEncoder.load(exported / "models/reranker", precision="int8").predict(queries, texts)
+    assert np.abs(int8 - ref).max() < 0.05
+    # funnel heads survive the export: p(purchase) <= p(cart) <= p(click)
+    assert (int8[:, 2] <= int8[:, 1] + 1e-6).all() and (int8[:, 1] <= int8[:, 0] + 1e-6).all()
+
+
+def test_stale_or_corrupt_export_is_refused(exported: Path, tmp_path: Path) -> None:
+    from rerank.onnx_model import OnnxCrossEncoder
+
+    stale = tmp_path / "stale"
+    shutil.copytree(exported / "models/reranker", stale)
+    manifest = json.loads((stale / "manifest.json").read_text())
+    manifest["id"] = "retrained000"
+    (stale / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="stale"):
+        OnnxCrossEncoder.load(stale)
+
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(exported / "models/reranker", corrupt)
+    graph = corrupt / "onnx/model_int8.onnx"
+    graph.write_bytes(graph.read_bytes()[:-100])
+    with pytest.raises(ArtifactError, match="checksum mismatch"):
+        OnnxCrossEncoder.load(corrupt, precision="int8")
+    OnnxCrossEncoder.load(corrupt, precision="fp32")  # the untouched graph still loads
+
+    missing = tmp_path / "missing"
+    shutil.copytree(exported / "models/reranker", missing, ignore=shutil.ignore_patterns("onnx"))
+    with pytest.raises(ArtifactError, match="export-onnx"):
+        OnnxCrossEncoder.load(missing)
+
+
+def test_onnx_searcher_ranks_like_torch(exported: Path) -> None:
+    from pipeline.search import TwoStageSearcher
+
+    kwargs = {"catalog": exported / "data/sample/catalog.parquet"}
+    onnx = TwoStageSearcher.load(exported / "indexes/default", exported / "models/reranker", backend="onnx", **kwargs)
+    torch_ = TwoStageSearcher.load(exported / "indexes/default", exported / "models/reranker", backend="torch", **kwargs)
+    assert (onnx.backend, torch_.backend) == ("onnx", "torch")
+    for query in QUERIES:
+        a, b = onnx.search(query, k=5, candidates=20), torch_.search(query, k=5, candidates=20)
+        assert [h.product_id for h in a] == [h.product_id for h in b]
+        assert np.allclose([h.score for h in a], [h.score for h in b], atol=1e-5)
+
+
+def test_cold_cli_search_does_not_import_torch(exported: Path) -> None:
+    """The whole point of the export: `pipeline search` runs on onnxruntime + tokenizers + faiss."""
+    code = ("import sys\nfrom pipeline.cli import main\nsys.argv = ['pipeline', 'search', 'comfy couch', '--json']\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+            "heavy = sorted(m for m in ('torch', 'transformers', 'sentence_transformers', 'pandas') if m in sys.modules)\n"
+            "print('HEAVY', heavy, file=sys.stderr)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=exported, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "HEAVY []" in out.stderr, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert result["models"]["backend"].startswith("onnx-") and result["results"][0]["hits"]
+
+
+def test_catalog_reader_builds_the_training_text(exported: Path) -> None:
+    from pipeline.search import CatalogText
+
+    path = exported / "data/sample/catalog.parquet"
+    fast = CatalogText.read(path)
+    texts = _catalog_texts(exported, n=10_000)
+    assert [fast.text(i) for i in range(len(texts))] == texts
