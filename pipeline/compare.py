@@ -2,8 +2,8 @@
 on the sample world's test split, reranking the fine-tuned retriever's top-100.
 
 Rows: retrieval only, single-task click, single-task purchase, shared-bottom, MMoE with
-independent heads, MMoE with funnel heads, MMoE + domain adaptation (and the int8 MMoE, to
-measure the quantisation cost). Columns: NDCG@10 graded by ground-truth relevance, and per
+independent heads, MMoE with funnel heads, MMoE + domain adaptation (and the int8 MMoE on
+ONNX Runtime and on torch dynamic quantisation, to measure the quantisation cost). Columns: NDCG@10 graded by ground-truth relevance, and per
 task (click, add_to_cart, purchase) NDCG@10 graded by that task's engagement counts and AUC
 (see :mod:`rerank.evaluation`).
 
@@ -90,7 +90,6 @@ def compare_rerankers(data_dir: str | os.PathLike[str] | None = None, out_dir: s
     from rerank.adapt import adapt_lm
     from rerank.data import build_eval_pairs
     from rerank.evaluation import model_metrics, ranking_metrics
-    from rerank.model import MultiTaskCrossEncoder
     from rerank.train import pick_queries, train_reranker
 
     started = time.time()
@@ -144,21 +143,36 @@ def compare_rerankers(data_dir: str | os.PathLike[str] | None = None, out_dir: s
                      "train_seconds": rep["train_seconds"]})
         reports[name] = {k: v for k, v in rep.items() if k != "history"}
         if int8 and name == "mmoe_funnel":
-            q8 = MultiTaskCrossEncoder.load(work / f"reranker-{name}", quantize=True)
-            t0 = time.time()
-            probs8 = q8.predict(test_pairs["query"].tolist(), test_pairs["text"].tolist())
-            rows.append({"system": "mmoe_funnel_int8", **model_metrics(test_pairs, probs8, q8.tasks, qrels, weights),
-                         "predict_seconds": round(time.time() - t0, 1)})
+            rows.extend(_int8_rows(work / f"reranker-{name}", test_pairs, qrels, weights))
         _results(rows, reports, config, started, work, partial=True)
     results = _results(rows, reports, config, started, work, partial=False)
     results["results_file"] = str(work / "results.json")
     return results
 
 
+def _int8_rows(reranker_dir: Path, test_pairs: Any, qrels: Any, weights: dict[str, float] | None) -> list[dict[str, Any]]:
+    """The two int8 paths over the same pairs: ONNX Runtime (the product's int8 path, row
+    ``mmoe_funnel_int8``) and torch dynamic quantisation (``mmoe_funnel_int8_torch``)."""
+    from rerank.evaluation import model_metrics
+    from rerank.model import MultiTaskCrossEncoder
+    from rerank.onnx_model import OnnxCrossEncoder, export_reranker
+
+    export_reranker(reranker_dir)
+    queries, texts = test_pairs["query"].tolist(), test_pairs["text"].tolist()
+    rows = []
+    for system, model in (("mmoe_funnel_int8", OnnxCrossEncoder.load(reranker_dir, precision="int8")),
+                          ("mmoe_funnel_int8_torch", MultiTaskCrossEncoder.load(reranker_dir, quantize=True))):
+        t0 = time.time()
+        probs = model.predict(queries, texts)
+        rows.append({"system": system, **model_metrics(test_pairs, probs, model.tasks, qrels, weights),
+                     "predict_seconds": round(time.time() - t0, 1)})
+    return rows
+
+
 def _results(rows: list[dict[str, Any]], reports: dict[str, Any], config: dict[str, Any], started: float,
              work: Path, partial: bool) -> dict[str, Any]:
     """Acceptance checks + table (in VARIANTS order), written to ``results.json``."""
-    order = ["retrieval_only", *VARIANTS, "mmoe_funnel_int8"]
+    order = ["retrieval_only", *VARIANTS, "mmoe_funnel_int8", "mmoe_funnel_int8_torch"]
     rows = sorted(rows, key=lambda r: order.index(r["system"]))
     by = {r["system"]: r for r in rows}
     checks: dict[str, Any] = {}

@@ -202,7 +202,9 @@ class TwoStageSearcher:
             from rerank.onnx_model import OnnxCrossEncoder
             from retrieval.onnx_encoder import OnnxBiEncoder
 
-            encoder = OnnxBiEncoder.load(model_path, str(index_manifest.get("model_id") or ""), precision=precision)
+            # Query vectors stay fp32 whatever the precision: one short query costs a few ms, and
+            # int8 query vectors against fp32 catalog vectors cost nDCG (benchmarks/search_speed.py).
+            encoder = OnnxBiEncoder.load(model_path, str(index_manifest.get("model_id") or ""), precision="fp32")
             retriever = Retriever.load(index_path, encoder=encoder)
             model: Any = OnnxCrossEncoder.load(rpath, precision=precision) if has_reranker else None
         else:

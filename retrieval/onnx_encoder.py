@@ -160,7 +160,8 @@ class OnnxBiEncoder:
 
     def describe(self) -> dict[str, Any]:
         """Same fields as :meth:`BiEncoder.describe` (the ONNX graph encodes the same model)."""
-        return {"model_id": self.model_id, "model_path": str(self.path), "model_name": self.name, "dim": self.dim}
+        return {"model_id": self.model_id, "model_path": str(self.path), "model_name": self.name, "dim": self.dim,
+                "encoded_with": f"onnx-{self.precision}"}
 
     def _encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
         texts = [str(t) for t in texts]

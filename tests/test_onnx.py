@@ -139,3 +139,16 @@ def test_catalog_reader_builds_the_training_text(exported: Path) -> None:
     fast = CatalogText.read(path)
     texts = _catalog_texts(exported, n=10_000)
     assert [fast.text(i) for i in range(len(texts))] == texts
+
+
+def test_build_index_with_onnx_encoder_matches_torch_index(exported: Path, tmp_path: Path) -> None:
+    from retrieval.index import Retriever
+
+    out = tmp_path / "idx"
+    proc = subprocess.run([str(Path(sys.executable).with_name("pipeline")), "build-index", "--backend", "onnx",
+                           "--out", str(out), "--json"], cwd=exported, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-1000:]
+    assert json.loads(proc.stdout)["encoded_with"] == "onnx-fp32"
+    onnx_vecs = Retriever.load(out, load_encoder=False).index.reconstruct_n(0, 20)
+    torch_vecs = Retriever.load(exported / "indexes/default", load_encoder=False).index.reconstruct_n(0, 20)
+    assert np.allclose(onnx_vecs, torch_vecs, atol=1e-4)

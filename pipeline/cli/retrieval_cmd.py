@@ -97,6 +97,10 @@ def build_index_cmd(
     engine: str = typer.Option("local", "--engine", help="local | ray (encode on Ray actors; needs the ray extra)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (--engine ray; default: local Ray)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray encoding actors (default: one per CPU)."),
+    backend: str = typer.Option("torch", "--backend", help="torch | onnx (ONNX Runtime, from `pipeline export-onnx`; "
+                                                           "fp32 gives the same vectors ~1.5-2x faster)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | int8 (--backend onnx only; faster, "
+                                                               "slightly different vectors)."),
 ) -> None:
     """Encode a catalog and write a FAISS index (atomically) with ids and a manifest.
     With --engine ray the encoding runs on Ray actors; the index is built on this machine."""
@@ -108,9 +112,29 @@ def build_index_cmd(
         from pipeline.errors import ShoprankError
 
         raise ShoprankError("--engine must be 'local' or 'ray'; --address and --workers need --engine ray")
+    if backend not in ("torch", "onnx") or (backend == "torch" and precision != "fp32"):
+        from pipeline.errors import ShoprankError
+
+        raise ShoprankError("--backend must be 'torch' or 'onnx'; --precision int8 needs --backend onnx")
+    if backend == "onnx" and engine == "ray":
+        from pipeline.errors import ShoprankError
+
+        raise ShoprankError("--backend onnx is for the local engine")
     catalog = catalog or DEFAULT_DATA_DIR / "catalog.parquet"
     frame = _load_catalog(catalog)
-    encoder = BiEncoder.load(_default_model(model))
+    if backend == "onnx":
+        from retrieval.encoder import verify_model_folder
+        from retrieval.onnx_encoder import OnnxBiEncoder
+
+        chosen = _default_model(model)
+        if chosen is None:
+            from pipeline.errors import ShoprankError
+
+            raise ShoprankError("--backend onnx needs a trained retriever (--model) exported with `pipeline export-onnx`")
+        folder = Path(chosen)
+        encoder = OnnxBiEncoder.load(folder, verify_model_folder(folder)[0], precision=precision)
+    else:
+        encoder = BiEncoder.load(_default_model(model))
     params = {k: v for k, v in {"efSearch": ef_search, "nprobe": nprobe}.items() if v is not None}
     info(f"encoding {len(frame)} products with {encoder.name} ({encoder.path})")
     if engine == "ray":
