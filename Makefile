@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast bench bench-quick clean
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,16 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Benchmarks need a demo build (models + sample data) in the repo root; they write
+# benchmarks/results.json (about 30-40 min on 2 cores; bench-quick: a few minutes).
+bench: install
+	test -f models/reranker/manifest.json || $(BIN)/pipeline demo
+	$(BIN)/python benchmarks/run_all.py --workdir .
+
+bench-quick: install
+	test -f models/reranker/manifest.json || $(BIN)/pipeline demo
+	$(BIN)/python benchmarks/run_all.py --workdir . --quick --out benchmarks/results-quick.json
 
 clean:
 	rm -rf $(VENV) indexes/default models runs
