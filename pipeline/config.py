@@ -36,9 +36,11 @@ DEFAULT_INDEX_DIR = Path("indexes/default")
 DEFAULT_SEED = 13
 #: Inference backends for both encoders: "auto" = ONNX Runtime when exports exist, else torch.
 BACKENDS = ("auto", "onnx", "torch")
-#: Default inference precision for search and batch scoring; chosen from the quality/latency
-#: measurements of benchmarks/run_all.py (see the README's performance section).
-DEFAULT_PRECISION = "fp32"
+#: Reranker precision for search and batch scoring. "auto" = int8 on ONNX Runtime (nDCG@10
+#: -0.0046 against fp32, about 2x faster: benchmarks/int8_quality.py, search_speed.py) and
+#: fp32 on torch (torch's dynamic int8 costs -0.017 nDCG@10, so it is never a default).
+PRECISION_CHOICES = ("auto", "fp32", "int8")
+DEFAULT_PRECISION = "auto"
 
 
 def config_path() -> Path:

@@ -170,14 +170,15 @@ class TwoStageSearcher:
         recorded in the index manifest, then ``data/sample/catalog.parquet``.
         """
         from pipeline.artifacts import read_manifest
-        from pipeline.onnx_support import PRECISIONS, has_export
+        from pipeline.config import PRECISION_CHOICES
+        from pipeline.onnx_support import has_export
         from retrieval.index import INDEX_KIND, Retriever
 
         precision = "int8" if quantize else precision
         if backend not in BACKENDS:
             raise ShoprankError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        if precision not in PRECISIONS:
-            raise ShoprankError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if precision not in PRECISION_CHOICES:
+            raise ShoprankError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
         index_path = Path(index_dir)
         if not (index_path / "manifest.json").is_file():
             raise ArtifactError(
@@ -198,6 +199,8 @@ class TwoStageSearcher:
         if backend == "auto":
             exported = has_export(model_path) and (not has_reranker or has_export(rpath))  # type: ignore[arg-type]
             backend = "onnx" if exported else "torch"
+        if precision == "auto":
+            precision = "int8" if backend == "onnx" else "fp32"
         if backend == "onnx":
             from rerank.onnx_model import OnnxCrossEncoder
             from retrieval.onnx_encoder import OnnxBiEncoder

@@ -23,7 +23,8 @@ _RERANKER = typer.Option(DEFAULT_RERANKER_DIR, "--reranker", help="Trained reran
 _CATALOG = typer.Option(None, "--catalog", help="Catalog file (default: data/sample/catalog.parquet).")
 _BACKEND = typer.Option("auto", "--backend", help="auto | onnx | torch. auto = ONNX Runtime (no torch import) "
                         "when `pipeline export-onnx` has exported both models, else PyTorch.")
-_PRECISION = typer.Option(DEFAULT_PRECISION, "--precision", help="fp32 | int8 (int8: faster, slightly different scores).")
+_PRECISION = typer.Option(DEFAULT_PRECISION, "--precision", help="auto | fp32 | int8 (reranker). auto = int8 on ONNX "
+                          "(~2x faster, nDCG@10 within 0.005), fp32 on torch.")
 
 
 def _weights(spec: Optional[str]) -> Optional[dict[str, float]]:
@@ -119,7 +120,7 @@ def score_logs(
         raise ShoprankError(f"--engine must be 'local' or 'ray' (got {engine!r})")
     if engine == "ray":
         if backend != "auto" or precision != DEFAULT_PRECISION:
-            raise ShoprankError("--backend/--precision are for the local engine; Ray actors use the torch fp32 path")
+            raise ShoprankError("--backend/--precision are for the local engine; Ray actors use the defaults (auto)")
         if resume:
             raise ShoprankError("--resume is for the local engine; the Ray engine retries failed batches itself")
         from pipeline.distributed import score_logs_ray
