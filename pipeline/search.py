@@ -8,7 +8,10 @@ Determinism contract (batch scoring relies on it for exactly-once resume): the a
 one query depends only on that query and the loaded artefacts, never on which other
 queries happen to be scored alongside it. That is why :meth:`search_many` encodes and
 reranks each query on its own (padding and BLAS blocking would otherwise make the float
-results depend on the batch's composition).
+results depend on the batch's composition). With int8 on ONNX Runtime, activations are
+quantised with one scale per batch, so the same pair scored among other candidates (e.g.
+``score_pairs`` of a subset) can differ by ~1e-4; for a given query and index, results are
+still identical run to run.
 """
 from __future__ import annotations
 

@@ -13,10 +13,11 @@ QUICK_BUDGET_S = 180  # acceptance: `pipeline demo --quick` < 3 min on 2 cores
 def test_quick_demo_builds_everything_at_default_paths(demo_run):
     root, report = demo_run
     for rel in ("data/sample/catalog.parquet", "models/retriever/manifest.json", "models/reranker/manifest.json",
-                "indexes/default/manifest.json", "runs/scored.parquet", "runs/eval/qrels.txt"):
+                "indexes/default/manifest.json", "runs/scored.parquet", "runs/eval/qrels.txt",
+                "models/retriever/onnx/manifest.json", "models/reranker/onnx/manifest.json"):
         assert (root / rel).is_file(), rel
     assert set(report["timings"]) == {"generate sample world", "train retriever", "build index", "train reranker",
-                                      "evaluate", "example searches", "score query log"}
+                                      "evaluate", "example searches", "score query log", "export onnx"}
     # Generous guard against a budget blow-up (the CPU here is shared; measured time is in the report).
     assert report["seconds"] < 2 * QUICK_BUDGET_S, report["timings"]
 

@@ -42,9 +42,12 @@ def test_answers_do_not_depend_on_batch_company(searcher):
 def test_score_pairs_matches_search_probabilities(searcher):
     hits = searcher.search("wooden desk", k=3, candidates=10)
     pairs = searcher.score_pairs("wooden desk", [h.product_id for h in hits])
+    # int8 (ONNX dynamic quantisation) scales activations per batch, so scoring 3 pairs instead
+    # of 10 moves probabilities by ~1e-4; fp32 is batch-independent to float precision.
+    tol = 1e-5 if searcher.precision == "fp32" else 1e-3
     for a, b in zip(hits, pairs):
         assert b.rank is None and a.product_id == b.product_id
-        assert b.probs["click"] == pytest.approx(a.probs["click"], abs=1e-5)
+        assert b.probs["click"] == pytest.approx(a.probs["click"], abs=tol)
     with pytest.raises(ShoprankError, match="not in the catalog"):
         searcher.score_pairs("wooden desk", ["no-such-product"])
 

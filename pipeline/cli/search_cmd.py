@@ -48,7 +48,8 @@ def _hit_rows(hits: list[dict[str, Any]], tasks: list[str]) -> tuple[list[dict[s
 def search(
     query: Optional[str] = typer.Argument(None, help="What the shopper typed."),
     k: int = typer.Option(10, "--k", min=1, help="Results to show."),
-    candidates: int = typer.Option(100, "--candidates", min=1, help="Retrieved candidates to rerank."),
+    candidates: int = typer.Option(50, "--candidates", min=1, help="Retrieved candidates to rerank (50: the "
+                                   "latency/nDCG choice measured in benchmarks/search_speed.py)."),
     index_dir: Path = _INDEX,
     reranker: Path = _RERANKER,
     catalog: Optional[Path] = _CATALOG,
