@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import DataError, ShoprankError
+from pipeline.lru import LRUCache
 
 METADATA_KEY = b"shoprank"
 DEFAULT_TASKS = ("click", "add_to_cart", "purchase")
@@ -189,28 +190,6 @@ def read_scored_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- scoring
-class _QueryCache:
-    """Bounded LRU of query -> hits. Safe because a query's answer depends only on it."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.data: collections.OrderedDict[str, list[Any]] = collections.OrderedDict()
-
-    def get(self, key: str) -> list[Any] | None:
-        hit = self.data.get(key)
-        if hit is not None:
-            self.data.move_to_end(key)
-        return hit
-
-    def put(self, key: str, value: list[Any]) -> None:
-        if self.size <= 0:
-            return
-        self.data[key] = value
-        self.data.move_to_end(key)
-        while len(self.data) > self.size:
-            self.data.popitem(last=False)
-
-
 def _clean(query: str | None) -> str | None:
     """Cleaned query text, or None for a missing / blank query (skipped, counted)."""
     from pipeline.search import MAX_QUERY_CHARS
@@ -228,7 +207,7 @@ class _BatchScorer:
                  candidates: int, cache_size: int) -> None:
         self.scorer, self.tasks, self.mode = scorer, tuple(tasks), mode
         self.k, self.candidates = k, candidates
-        self.cache = _QueryCache(cache_size)
+        self.cache: LRUCache[list[Any]] = LRUCache(cache_size)  # query -> hits: an answer depends only on its query
         self.computed = 0  # unique queries / pairs actually sent to the models
         self.skipped: collections.Counter[str] = collections.Counter()
         self.first_skipped: dict[str, int] = {}

@@ -63,8 +63,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.batch import DEFAULT_TASKS, METADATA_KEY, _BatchScorer, _check_output, _QueryCache, output_schema
+from pipeline.batch import DEFAULT_TASKS, METADATA_KEY, _BatchScorer, _check_output, output_schema
 from pipeline.errors import ArtifactError, DataError, ShoprankError
+from pipeline.lru import LRUCache
 
 FAIL_ONCE_ENV = "SHOPRANK_RAY_FAIL_ONCE"
 DEFAULT_RETRIES = 3
@@ -255,7 +256,7 @@ class _ScoreActor:
         self.tasks = tuple(self.searcher.tasks) or DEFAULT_TASKS
         self.input_path, self.columns, self.mode = input_path, columns, mode
         self.k, self.candidates, self.cache_size = k, candidates, cache_size
-        self.cache = _QueryCache(cache_size)
+        self.cache: LRUCache[list[Any]] = LRUCache(cache_size)
         self.collector = collector
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 

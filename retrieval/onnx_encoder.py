@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import ArtifactError
+from pipeline.lru import LRUCache
 from pipeline.onnx_support import (FastTokenizer, export_module, length_sorted_batches, load_export,
                                    make_session, run_session, write_export)
 
@@ -30,34 +30,8 @@ from pipeline.onnx_support import (FastTokenizer, export_module, length_sorted_b
 DEFAULT_CACHE_SIZE = 10_000
 
 
-class QueryEmbeddingCache:
+class QueryEmbeddingCache(LRUCache[np.ndarray]):
     """Least-recently-used cache of query vectors, keyed by the exact query text."""
-
-    def __init__(self, maxsize: int = DEFAULT_CACHE_SIZE) -> None:
-        self.maxsize = maxsize
-        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, text: str) -> np.ndarray | None:
-        vec = self._items.get(text)
-        if vec is None:
-            self.misses += 1
-            return None
-        self._items.move_to_end(text)
-        self.hits += 1
-        return vec
-
-    def put(self, text: str, vec: np.ndarray) -> None:
-        if self.maxsize <= 0:
-            return
-        self._items[text] = vec
-        self._items.move_to_end(text)
-        while len(self._items) > self.maxsize:
-            self._items.popitem(last=False)
-
-    def stats(self) -> dict[str, int]:
-        return {"size": len(self._items), "hits": self.hits, "misses": self.misses}
 
 
 def cached_encode(cache: QueryEmbeddingCache | None, texts: Sequence[str], encode: Any) -> np.ndarray:
