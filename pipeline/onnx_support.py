@@ -105,8 +105,6 @@ def write_export(out_dir: Path, build: Any, *, source: Mapping[str, Any], tokeni
             checksums={name: sha256_file(tmp / name) for name in (*GRAPH_FILES.values(), TOKENIZER_FILE)},
             **dict(extra or {}),
         )
-        for leftover in tmp.glob("*.onnx.data"):  # graphs < 2 GB never need external data
-            leftover.unlink()
         write_manifest(tmp, manifest)
     return manifest
 

@@ -13,7 +13,6 @@ dynamically padded batches, so the two backends are interchangeable.
 """
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -75,6 +74,7 @@ class OnnxCrossEncoder:
         self._tasks = tuple(tasks)
         self.manifest = manifest
         self.precision = precision
+        self._tokenizers = {tokenizer.max_length: tokenizer}  # one per max_length asked for
 
     @classmethod
     def load(cls, reranker_dir: str | os.PathLike[str], *, precision: str = "int8",
@@ -86,8 +86,8 @@ class OnnxCrossEncoder:
         tasks = export.get("tasks") or []
         if list(tasks) != list(manifest.get("tasks") or []):
             raise ArtifactError(f"{path}: ONNX export predicts {tasks}, reranker manifest says {manifest.get('tasks')}")
-        max_length = int(json.loads((path / "heads_config.json").read_text(encoding="utf-8"))["max_length"])
-        return cls(make_session(graph, threads), FastTokenizer(tokenizer_json, max_length), tasks, manifest, precision)
+        tokenizer = FastTokenizer(tokenizer_json, int(export["max_length"]))  # the reranker's, recorded at export
+        return cls(make_session(graph, threads), tokenizer, tasks, manifest, precision)
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -98,8 +98,10 @@ class OnnxCrossEncoder:
         """Probabilities (n, len(tasks)) float32 for (query, product text) pairs, in input order."""
         if len(queries) != len(product_texts):
             raise ValueError(f"{len(queries)} queries for {len(product_texts)} product texts")
-        tokenizer = self.tokenizer if max_length in (None, self.tokenizer.max_length) \
-            else self.tokenizer.with_max_length(max_length)
+        length = max_length or self.tokenizer.max_length
+        if length not in self._tokenizers:  # built once: reading tokenizer.json costs ~20 ms
+            self._tokenizers[length] = self.tokenizer.with_max_length(length)
+        tokenizer = self._tokenizers[length]
         out = np.zeros((len(queries), len(self.tasks)), dtype=np.float32)
         lengths = [len(q) + len(t) for q, t in zip(queries, product_texts)]
         for idx in length_sorted_batches(lengths, batch_size):
