@@ -154,3 +154,27 @@ def test_build_index_with_onnx_encoder_matches_torch_index(exported: Path, tmp_p
     onnx_vecs = Retriever.load(out, load_encoder=False).index.reconstruct_n(0, 20)
     torch_vecs = Retriever.load(exported / "indexes/default", load_encoder=False).index.reconstruct_n(0, 20)
     assert np.allclose(onnx_vecs, torch_vecs, atol=1e-4)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["export-onnx", "--retriever", "no/such/model", "--no-reranker"], "no trained retriever"),
+    (["search", "sofa", "--backend", "gpu"], "unknown backend 'gpu'"),
+    (["search", "sofa", "--precision", "int4"], "unknown precision 'int4'"),
+    (["build-index", "--precision", "int8"], "--precision int8 needs --backend onnx"),
+])
+def test_bad_onnx_arguments_are_one_line_errors(exported: Path, args: list[str], needle: str) -> None:
+    from tests.test_cli_search import _assert_one_line_error, _run
+
+    _assert_one_line_error(_run(*args, cwd=exported), needle)
+
+
+def test_search_with_stale_export_is_one_line_error(exported: Path, tmp_path: Path) -> None:
+    from tests.test_cli_search import _assert_one_line_error, _run
+
+    stale = tmp_path / "reranker"
+    shutil.copytree(exported / "models/reranker", stale)
+    manifest = json.loads((stale / "manifest.json").read_text())
+    manifest["id"] = "retrained000"
+    (stale / "manifest.json").write_text(json.dumps(manifest))
+    _assert_one_line_error(_run("search", "sofa", "--backend", "onnx", "--reranker", str(stale), cwd=exported),
+                           "re-run `pipeline export-onnx`")
