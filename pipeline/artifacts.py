@@ -55,6 +55,63 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+#: Remembered verifications (see :func:`file_has_sha256`); at most this many files.
+_STAMP_LIMIT = 512
+
+
+def _stamp_path() -> Path:
+    base = os.environ.get("SHOPRANK_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "shoprank")
+    return Path(base) / "verified-files.json"
+
+
+def _stat_key(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def file_has_sha256(path: str | os.PathLike[str], expected: str) -> bool:
+    """Whether the file's sha256 is ``expected``, re-reading it only when it may have changed.
+
+    Why: a 100k-product flat index is 150 MB and hashing it (plus both ONNX graphs) was
+    0.2 s of a 1.3 s cold ``pipeline search``. After a file hashes correctly we remember
+    (path, size, mtime, ctime, inode, device, sha256) in the user cache directory
+    (``$SHOPRANK_CACHE_DIR`` or ``~/.cache/shoprank``); the next check of that unchanged file
+    skips the read. Any write, rename-over or ``touch`` changes ctime, which user space cannot
+    set back, so a modified or replaced file is always re-hashed; only silent media corruption
+    under an unchanged inode goes unseen (git trusts its index stat data the same way).
+    ``SHOPRANK_VERIFY=full`` turns the shortcut off. An unwritable cache only costs speed.
+    """
+    path = Path(path).resolve()
+    key, stamp_file = str(path), _stamp_path()
+    full = os.environ.get("SHOPRANK_VERIFY", "").lower() == "full"
+    try:
+        stat = _stat_key(path)
+    except OSError:
+        return False
+    stamps: dict[str, Any] = {}
+    try:
+        stamps = json.loads(stamp_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    if not isinstance(stamps, dict):
+        stamps = {}
+    if not full and stamps.get(key) == [*stat, expected]:
+        return True
+    if sha256_file(path) != expected:
+        return False
+    stamps.pop(key, None)
+    stamps[key] = [*stat, expected]
+    for old in list(stamps)[:-_STAMP_LIMIT]:
+        del stamps[old]
+    try:
+        stamp_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(stamp_file, json.dumps(stamps))
+    except OSError:
+        pass
+    return True
+
+
 def sha256_text(*parts: str) -> str:
     """Hex sha256 over text parts (separated so ("ab","c") != ("a","bc"))."""
     digest = hashlib.sha256()

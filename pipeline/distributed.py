@@ -50,7 +50,6 @@ import collections
 import json
 import os
 import socket
-import sys
 import time
 import uuid
 import warnings

@@ -30,7 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.artifacts import atomic_directory, build_manifest, read_manifest, sha256_file, write_manifest
+from pipeline.artifacts import (
+    atomic_directory, build_manifest, file_has_sha256, read_manifest, sha256_file, write_manifest,
+)
 from pipeline.errors import ArtifactError
 
 EXPORT_KIND = "onnx-export"
@@ -138,7 +140,7 @@ def load_export(model_dir: str | os.PathLike[str], precision: str,
         file = export_dir / name
         if not file.is_file():
             raise ArtifactError(f"{file}: missing from the ONNX export; re-run `pipeline export-onnx`")
-        if sha256_file(file) != checksums.get(name):
+        if not file_has_sha256(file, str(checksums.get(name))):
             raise ArtifactError(f"{file}: checksum mismatch with manifest (corrupt or replaced); "
                                 "re-run `pipeline export-onnx`")
         paths[name] = file

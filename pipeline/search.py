@@ -204,15 +204,27 @@ class TwoStageSearcher:
             backend = "onnx" if exported else "torch"
         if precision == "auto":
             precision = "int8" if backend == "onnx" else "fp32"
+        cat_path = Path(catalog) if catalog else _catalog_from_manifest(index_manifest)
         if backend == "onnx":
+            from concurrent.futures import ThreadPoolExecutor
+
+            from pipeline.runtime import import_faiss
             from rerank.onnx_model import OnnxCrossEncoder
             from retrieval.onnx_encoder import OnnxBiEncoder
 
-            # Query vectors stay fp32 whatever the precision: one short query costs a few ms, and
-            # int8 query vectors against fp32 catalog vectors cost nDCG (benchmarks/search_speed.py).
-            encoder = OnnxBiEncoder.load(model_path, str(index_manifest.get("model_id") or ""), precision="fp32")
-            retriever = Retriever.load(index_path, encoder=encoder)
-            model: Any = OnnxCrossEncoder.load(rpath, precision=precision) if has_reranker else None
+            import_faiss(with_torch=False)  # settles the import order: this process never loads torch
+            # The four loads overlap (ORT session set-up, faiss and pyarrow reads and hashing
+            # release the GIL): cold `pipeline search` on a 100k index 1.3 s -> see README.
+            with ThreadPoolExecutor(max_workers=3) as pool:
+                # Query vectors stay fp32 whatever the precision: one short query costs a few ms,
+                # and int8 query vectors cost nDCG (benchmarks/search_speed.py).
+                encoder_job = pool.submit(OnnxBiEncoder.load, model_path, str(index_manifest.get("model_id") or ""),
+                                          precision="fp32")
+                model_job = pool.submit(OnnxCrossEncoder.load, rpath, precision=precision) if has_reranker else None
+                catalog_job = pool.submit(CatalogText.read, cat_path)
+                retriever = Retriever.load(index_path, load_encoder=False).use_encoder(encoder_job.result())
+                model: Any = model_job.result() if model_job else None
+                catalog_text = catalog_job.result()
         else:
             retriever = Retriever.load(index_path)
             model = None
@@ -220,8 +232,8 @@ class TwoStageSearcher:
                 from rerank.model import MultiTaskCrossEncoder
 
                 model = MultiTaskCrossEncoder.load(rpath, quantize=precision == "int8")  # type: ignore[arg-type]
-        cat_path = Path(catalog) if catalog else _catalog_from_manifest(retriever.manifest)
-        searcher = cls(retriever, model, CatalogText.read(cat_path), weights=weights)
+            catalog_text = CatalogText.read(cat_path)
+        searcher = cls(retriever, model, catalog_text, weights=weights)
         searcher.backend, searcher.precision = backend, precision
         return searcher
 

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.artifacts import (BUNDLED_SHA256, atomic_directory, build_manifest, bundled_model_path, read_manifest,
-                                require_compatible, sha256_file, write_manifest)
+from pipeline.artifacts import (BUNDLED_SHA256, atomic_directory, build_manifest, bundled_model_path, file_has_sha256,
+                                read_manifest, require_compatible, sha256_file, write_manifest)
 from pipeline.errors import ArtifactError
 from rerank.heads import ARCHITECTURES, HEAD_MODES, TASKS, build_head, log_probs
 
@@ -89,7 +89,7 @@ def bundled_encoder_path() -> Path:
     weights = path / "model.safetensors"
     if not weights.is_file():
         raise ArtifactError(f"{weights}: bundled MiniLM weights are missing")
-    if sha256_file(weights) != BUNDLED_SHA256:
+    if not file_has_sha256(weights, BUNDLED_SHA256):
         raise ArtifactError(f"{weights}: bundled MiniLM weights fail their sha256 check")
     return path
 
@@ -278,7 +278,7 @@ class MultiTaskCrossEncoder(nn.Module):
             file = path / rel
             if not file.is_file():
                 raise ArtifactError(f"{file}: weight file missing")
-            if sha256_file(file) != expected:
+            if not file_has_sha256(file, expected):
                 raise ArtifactError(f"{file}: checksum mismatch with manifest (corrupt or replaced weights)")
         if manifest.get("encoder_checksum") != checksums[f"{ENCODER_DIR}/model.safetensors"]:
             raise ArtifactError(f"{path}: manifest encoder_checksum disagrees with its weight checksums")

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.artifacts import (
-    atomic_directory, build_manifest, fingerprint_frame, read_manifest, recover_directory, sha256_file,
-    write_manifest,
+    atomic_directory, build_manifest, file_has_sha256, fingerprint_frame, read_manifest, recover_directory,
+    sha256_file, write_manifest,
 )
 from pipeline.errors import ArtifactError, DataError
 
@@ -221,7 +221,7 @@ def _read_index(index_dir: Path, manifest: dict[str, Any], mmap: bool, with_torc
     size = path.stat().st_size
     if manifest.get("index_bytes") is not None and size != manifest["index_bytes"]:
         raise ArtifactError(f"{path}: corrupt index file (size {size} bytes, manifest says {manifest['index_bytes']})")
-    if manifest.get("index_sha256") and sha256_file(path) != manifest["index_sha256"]:
+    if manifest.get("index_sha256") and not file_has_sha256(path, manifest["index_sha256"]):
         raise ArtifactError(f"{path}: corrupt index file (checksum does not match the manifest)")
     flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
     try:
@@ -282,6 +282,13 @@ class Retriever:
         if encoder is not None:
             check_encoder(manifest, encoder, index_dir)
         return cls(index_dir, index, ids, status, manifest, encoder)
+
+    def use_encoder(self, encoder: "BiEncoder") -> "Retriever":
+        """Attach a query encoder after loading (refused if it is not the index's model), so a
+        caller can build the encoder while the index is being read."""
+        check_encoder(self.manifest, encoder, self.index_dir)
+        self.encoder = encoder
+        return self
 
     @property
     def catalog_ids(self) -> list[str]:

@@ -5,9 +5,17 @@ tests run against the same data contracts as production. ~0.5 s to build.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_verify_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Checksum stamps (pipeline.artifacts.file_has_sha256) go to a per-run directory, not
+    the user's ~/.cache; CLI subprocesses inherit it through the environment."""
+    os.environ["SHOPRANK_CACHE_DIR"] = str(tmp_path_factory.mktemp("shoprank-cache"))
+
 
 TINY_PRODUCTS = 400
 TINY_QUERIES = 80

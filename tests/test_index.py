@@ -2,6 +2,8 @@
 integrity checks, and real text search on the tiny world."""
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +101,35 @@ def test_corrupt_and_mismatched_indexes_are_refused(tmp_path: Path, encoder: BiE
     build_from_vectors(unit_vectors(50, 384), [f"p{i}" for i in range(50)], tmp_path / "o", model=other)
     with pytest.raises(ArtifactError, match="built with model"):
         Retriever.load(tmp_path / "o", encoder)
+    with pytest.raises(ArtifactError, match="built with model"):  # attached after loading (parallel search load)
+        Retriever.load(tmp_path / "o", load_encoder=False).use_encoder(encoder)
+
+
+def test_verified_index_is_rehashed_only_after_a_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.artifacts as artifacts
+
+    build_from_vectors(unit_vectors(200, 16), [f"p{i}" for i in range(200)], tmp_path / "i")
+    Retriever.load(tmp_path / "i", load_encoder=False)  # hashes the file and remembers it
+    hashed: list[Path] = []
+    real = artifacts.sha256_file
+    monkeypatch.setattr(artifacts, "sha256_file", lambda p, *a: hashed.append(Path(p)) or real(p, *a))
+    Retriever.load(tmp_path / "i", load_encoder=False)
+    assert hashed == []
+    monkeypatch.setenv("SHOPRANK_VERIFY", "full")
+    Retriever.load(tmp_path / "i", load_encoder=False)
+    assert len(hashed) == 1
+    monkeypatch.delenv("SHOPRANK_VERIFY")
+    # Same size and the old mtime put back: the write still moved ctime, so it is re-hashed.
+    index_file = tmp_path / "i" / "index.faiss"
+    before = index_file.stat()
+    time.sleep(0.02)
+    data = bytearray(index_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    index_file.write_bytes(bytes(data))
+    os.utime(index_file, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(ArtifactError, match="corrupt"):
+        Retriever.load(tmp_path / "i", load_encoder=False)
+    assert len(hashed) == 2
 
 
 def test_text_search_add_and_replace(tmp_path: Path, encoder: BiEncoder, catalog: pd.DataFrame) -> None:

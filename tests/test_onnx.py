@@ -143,24 +143,29 @@ def test_catalog_reader_builds_the_training_text(exported: Path) -> None:
     assert [fast.text(i) for i in range(len(texts))] == texts
 
 
-def test_build_index_with_onnx_encoder_matches_torch_index(exported: Path, tmp_path: Path) -> None:
+def test_build_index_defaults_to_int8_onnx_and_fp32_onnx_matches_torch(exported: Path, tmp_path: Path) -> None:
     from retrieval.index import Retriever
 
-    out = tmp_path / "idx"
-    proc = subprocess.run([str(Path(sys.executable).with_name("pipeline")), "build-index", "--backend", "onnx",
-                           "--out", str(out), "--json"], cwd=exported, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-1000:]
-    assert json.loads(proc.stdout)["encoded_with"] == "onnx-fp32"
-    onnx_vecs = Retriever.load(out, load_encoder=False).index.reconstruct_n(0, 20)
-    torch_vecs = Retriever.load(exported / "indexes/default", load_encoder=False).index.reconstruct_n(0, 20)
-    assert np.allclose(onnx_vecs, torch_vecs, atol=1e-4)
+    def build(name: str, *args: str) -> np.ndarray:
+        proc = subprocess.run([str(Path(sys.executable).with_name("pipeline")), "build-index", *args,
+                               "--out", str(tmp_path / name), "--json"], cwd=exported, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-1000:]
+        assert json.loads(proc.stdout)["encoded_with"] == name
+        return Retriever.load(tmp_path / name, load_encoder=False).index.reconstruct_n(0, 50)
+
+    torch_vecs = build("torch-fp32", "--backend", "torch")
+    assert np.allclose(build("onnx-fp32", "--backend", "onnx", "--precision", "fp32"), torch_vecs, atol=1e-4)
+    cos = (build("onnx-int8") * torch_vecs).sum(1)  # the default, since the demo exported the retriever
+    assert cos.min() > 0.97, cos.min()
 
 
 @pytest.mark.parametrize("args, needle", [
     (["export-onnx", "--retriever", "no/such/model", "--no-reranker"], "no trained retriever"),
     (["search", "sofa", "--backend", "gpu"], "unknown backend 'gpu'"),
     (["search", "sofa", "--precision", "int4"], "unknown precision 'int4'"),
-    (["build-index", "--precision", "int8"], "--precision int8 needs --backend onnx"),
+    (["build-index", "--backend", "torch", "--precision", "int8"], "--precision int8 needs --backend onnx"),
+    (["build-index", "--backend", "onnx", "--engine", "ray"], "--backend onnx is for the local engine"),
 ])
 def test_bad_onnx_arguments_are_one_line_errors(exported: Path, args: list[str], needle: str) -> None:
     from tests.test_cli_search import _assert_one_line_error, _run

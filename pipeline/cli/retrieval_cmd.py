@@ -97,10 +97,10 @@ def build_index_cmd(
     engine: str = typer.Option("local", "--engine", help="local | ray (encode on Ray actors; needs the ray extra)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (--engine ray; default: local Ray)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray encoding actors (default: one per CPU)."),
-    backend: str = typer.Option("torch", "--backend", help="torch | onnx (ONNX Runtime, from `pipeline export-onnx`; "
-                                                           "fp32 gives the same vectors ~1.5-2x faster)."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 | int8 (--backend onnx only; faster, "
-                                                               "slightly different vectors)."),
+    backend: str = typer.Option("auto", "--backend", help="auto | onnx | torch. auto: ONNX Runtime when the model has "
+                                                          "an export (`pipeline export-onnx`), else torch."),
+    precision: str = typer.Option("auto", "--precision", help="auto | fp32 | int8. auto: int8 on ONNX (~2.5x torch fp32, "
+                                                               "same Recall@100 within 0.002), fp32 on torch."),
 ) -> None:
     """Encode a catalog and write a FAISS index (atomically) with ids and a manifest.
     With --engine ray the encoding runs on Ray actors; the index is built on this machine."""
@@ -112,14 +112,7 @@ def build_index_cmd(
         from pipeline.errors import ShoprankError
 
         raise ShoprankError("--engine must be 'local' or 'ray'; --address and --workers need --engine ray")
-    if backend not in ("torch", "onnx") or (backend == "torch" and precision != "fp32"):
-        from pipeline.errors import ShoprankError
-
-        raise ShoprankError("--backend must be 'torch' or 'onnx'; --precision int8 needs --backend onnx")
-    if backend == "onnx" and engine == "ray":
-        from pipeline.errors import ShoprankError
-
-        raise ShoprankError("--backend onnx is for the local engine")
+    backend, precision = _encoding_backend(backend, precision, engine, _default_model(model))
     catalog = catalog or DEFAULT_DATA_DIR / "catalog.parquet"
     frame = _load_catalog(catalog)
     if backend == "onnx":
@@ -148,6 +141,27 @@ def build_index_cmd(
         emit_json(manifest)
     else:
         print_table(_index_summary(manifest), title=f"index {out}")
+
+
+def _encoding_backend(backend: str, precision: str, engine: str, model: Optional[Path]) -> tuple[str, str]:
+    """Resolve build-index's --backend/--precision (``auto``: ONNX int8 when the model is
+    exported and the engine is local; torch fp32 otherwise), refusing combinations that cannot run."""
+    from pipeline.config import BACKENDS, PRECISION_CHOICES
+    from pipeline.errors import ShoprankError
+    from pipeline.onnx_support import has_export
+
+    if backend not in BACKENDS or precision not in PRECISION_CHOICES:
+        raise ShoprankError(f"--backend must be one of {', '.join(BACKENDS)} and --precision one of "
+                            f"{', '.join(PRECISION_CHOICES)}")
+    if backend == "auto":
+        backend = "onnx" if engine == "local" and model is not None and has_export(model) else "torch"
+    if precision == "auto":
+        precision = "int8" if backend == "onnx" else "fp32"
+    if backend == "torch" and precision != "fp32":
+        raise ShoprankError("--precision int8 needs --backend onnx")
+    if backend == "onnx" and engine == "ray":
+        raise ShoprankError("--backend onnx is for the local engine")
+    return backend, precision
 
 
 @index_app.command("add")
