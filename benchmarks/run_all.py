@@ -9,9 +9,11 @@ and assembles ``benchmarks/results.json`` from all of them plus the machine it r
 * ``search_speed.py`` — encoding, rerank, end-to-end warm and cold search, batch scoring,
   each next to its obvious baseline and its nDCG@10;
 * ``index_recall.py`` — FAISS flat / hnsw / ivfpq at 10k, 100k, 1M vectors vs IndexFlatIP;
-* ``score_logs_memory.py`` — peak memory of score-logs on a 200k-row log.
+* ``score_logs_memory.py`` — peak memory of score-logs on a 200k-row log;
+* ``encoding_quality.py`` — int8 vs sentence-transformers fp32 catalog vectors, Recall@100 and
+  nDCG@10 on 3,000 held-out queries with bootstrap intervals.
 
-    python benchmarks/run_all.py [--workdir DIR] [--quick] [--only search_speed,index_recall]
+    python benchmarks/run_all.py [--workdir DIR] [--quick] [--only search_speed,index_recall] [--assemble]
 
 ``--workdir`` must hold a demo build (`make demo` makes one in the repo root). ``--quick``
 shrinks every benchmark (10k products, fewer queries, no 1M index) for a smoke run.
@@ -58,11 +60,13 @@ def commands(workdir: Path, quick: bool) -> dict[str, list[str]]:
     # 1M ivfpq with 1,000 lists: the size-scaled preset (4,000) trains k-means on all 1M vectors
     index = [py, str(HERE / "index_recall.py"), "--ivfpq-nlist-1m", "1000"]
     memory = [py, str(HERE / "score_logs_memory.py"), "--workdir", str(workdir)]
+    quality = [py, str(HERE / "encoding_quality.py"), "--workdir", str(workdir)]
     if quick:
         speed += ["--products", "10000", "--queries", "20", "--log-rows", "60"]
         index += ["--sizes", "10000"]
         memory += ["--rows", "5000"]
-    return {"search_speed": speed, "index_recall": index, "score_logs_memory": memory}
+        quality += ["--queries", "300"]
+    return {"search_speed": speed, "index_recall": index, "score_logs_memory": memory, "encoding_quality": quality}
 
 
 def main() -> None:
@@ -71,8 +75,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="")
     ap.add_argument("--out", type=Path, default=HERE / "results.json")
+    ap.add_argument("--assemble", action="store_true",
+                    help="run nothing; rebuild results.json from benchmarks/results/*.json (after re-running one section)")
     args = ap.parse_args()
-    todo = commands(args.workdir.resolve(), args.quick)
+    todo = {} if args.assemble else commands(args.workdir.resolve(), args.quick)
     if args.only:
         unknown = set(args.only.split(",")) - set(todo)
         if unknown:
