@@ -213,6 +213,9 @@ class TwoStageSearcher:
             from retrieval.onnx_encoder import OnnxBiEncoder
 
             import_faiss(with_torch=False)  # settles the import order: this process never loads torch
+            import onnxruntime  # noqa: F401  (imported here, not racing inside the worker threads)
+            import pyarrow.parquet  # noqa: F401
+            import tokenizers  # noqa: F401
             # The four loads overlap (ORT session set-up, faiss and pyarrow reads and hashing
             # release the GIL): cold `pipeline search` on a 100k index 1.3 s -> see README.
             with ThreadPoolExecutor(max_workers=3) as pool:
