@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -278,6 +277,23 @@ def bench_cold(root: Path, world: Path, index_dir: Path, runs: int = 5) -> dict[
     return out
 
 
+def run_measured(cmd: list[str], cwd: Path) -> tuple[int, str, str]:
+    """Run a child process; (its own peak RSS in KiB, stdout, stderr). ``os.wait4`` gives this
+    child's rusage (RUSAGE_CHILDREN is a max over every earlier child, e.g. the torch runs)."""
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=cwd)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode:
+        raise SystemExit(f"{Path(cmd[0]).name} {cmd[1]} failed: {stderr[-500:]}")
+    return usage.ru_maxrss, stdout, stderr
+
+
 def bench_batch(root: Path, world: Path, index_dir: Path, queries: list[str], rows: int) -> dict[str, Any]:
     """score-logs (subprocess, default backend) vs the warm searcher called once per log row."""
     import pyarrow as pa
@@ -292,17 +308,13 @@ def bench_batch(root: Path, world: Path, index_dir: Path, queries: list[str], ro
     pq.write_table(pa.table({"query_id": [f"q{i}" for i in range(rows)], "query": picked}), log)
     out_file = root / "bench" / "scored.parquet"
     exe = Path(sys.executable).with_name("pipeline")
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    cmd = [str(exe), "score-logs", "--input", str(log), "--output", str(out_file), "--index", str(index_dir),
+           "--reranker", str(root / "models/reranker"), "--catalog", str(world / "catalog.parquet"),
+           "--no-progress", "--json"]
     start = time.perf_counter()
-    proc = subprocess.run([str(exe), "score-logs", "--input", str(log), "--output", str(out_file), "--index",
-                           str(index_dir), "--reranker", str(root / "models/reranker"), "--catalog",
-                           str(world / "catalog.parquet"), "--no-progress", "--json"],
-                          capture_output=True, text=True, cwd=root)
+    peak_kib, stdout, stderr = run_measured(cmd, root)
     wall = time.perf_counter() - start
-    if proc.returncode:
-        raise SystemExit(f"score-logs failed: {proc.stderr[-500:]}")
-    report = json.loads(proc.stdout)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    report = json.loads(stdout)
     searcher = TwoStageSearcher.load(index_dir, root / "models/reranker", catalog=world / "catalog.parquet")
     searcher.search(picked[0])
     loop_ms, _ = timed(lambda: [searcher.search(q, k=K, candidates=100) for q in picked])
@@ -310,7 +322,7 @@ def bench_batch(root: Path, world: Path, index_dir: Path, queries: list[str], ro
         "log_rows": rows, "unique_queries": len(set(picked)), "backend": searcher.manifest_ids()["backend"],
         "score_logs": {"rows_per_s_in": round(rows / report["seconds"], 2), "output_rows_per_s": report["rows_per_s"],
                        "job_seconds": report["seconds"], "process_wall_s": round(wall, 1),
-                       "peak_rss_mib": round(max(peak, before) / 1024, 1) if peak > before else None},
+                       "peak_rss_mib": round(peak_kib / 1024, 1)},
         "searcher_per_row": {"rows_per_s_in": round(rows / (loop_ms / 1000), 2), "seconds": round(loop_ms / 1000, 1)},
         "speedup": round((rows / report["seconds"]) / (rows / (loop_ms / 1000)), 2),
     }

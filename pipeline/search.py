@@ -217,7 +217,8 @@ class TwoStageSearcher:
             import pyarrow.parquet  # noqa: F401
             import tokenizers  # noqa: F401
             # The four loads overlap (ORT session set-up, faiss and pyarrow reads and hashing
-            # release the GIL): cold `pipeline search` on a 100k index 1.3 s -> see README.
+            # release the GIL). With the checksum stamps this took cold `pipeline search` on a 100k
+            # index from 1.2-1.3 s to 0.8-0.9 s (README, Performance).
             with ThreadPoolExecutor(max_workers=3) as pool:
                 # Query vectors stay fp32 whatever the precision: one short query costs a few ms,
                 # and int8 query vectors cost nDCG (benchmarks/search_speed.py).

@@ -381,6 +381,25 @@ def _remove_slots(index: Any, status: np.ndarray, slots: np.ndarray) -> str:
     return "tombstone"
 
 
+def _build_encoder(index_dir: str | os.PathLike[str]) -> Any:
+    """The encoder the index's vectors were made with (ONNX int8/fp32 or torch, per the
+    manifest's ``encoded_with``), so added products are encoded like the ones already there.
+    None (= the torch model) when the index was built with torch or the export is gone."""
+    from pipeline.onnx_support import has_export
+
+    recover_directory(index_dir)
+    if not (Path(index_dir) / "manifest.json").is_file():
+        return None  # Retriever.load says what is wrong
+    manifest = read_manifest(Path(index_dir), kind=INDEX_KIND)
+    backend, _, precision = str(manifest.get("encoded_with") or "torch-fp32").partition("-")
+    path = manifest.get("model_path")
+    if backend != "onnx" or not path or not has_export(path):
+        return None
+    from retrieval.onnx_encoder import OnnxBiEncoder
+
+    return OnnxBiEncoder.load(path, str(manifest.get("model_id") or ""), precision=precision)
+
+
 def add_products(index_dir: str | os.PathLike[str], catalog_df: "pd.DataFrame", encoder: "BiEncoder | None" = None,
                  *, batch_size: int = 64, show_progress: bool = True) -> dict[str, Any]:
     """Add (or replace) products in an existing index without a rebuild.
@@ -388,7 +407,7 @@ def add_products(index_dir: str | os.PathLike[str], catalog_df: "pd.DataFrame", 
     A product id that is already live is replaced: its old slot is removed/tombstoned and
     the new text gets a new slot, so search never returns two versions of one product.
     """
-    retriever = Retriever.load(index_dir, encoder, mmap=False)
+    retriever = Retriever.load(index_dir, encoder or _build_encoder(index_dir), mmap=False)
     if "product_id" not in catalog_df.columns:
         raise DataError("catalog: missing column 'product_id'")
     new_ids = catalog_df["product_id"].astype(str).to_numpy()
@@ -402,8 +421,10 @@ def add_products(index_dir: str | os.PathLike[str], catalog_df: "pd.DataFrame", 
     _add_vectors(index, vectors, len(ids))
     ids = np.concatenate([ids, new_ids.astype(str)])  # numpy widens the string dtype as needed
     status = np.concatenate([status, np.zeros(len(new_ids), dtype=np.int8)])
+    encoded_with = retriever.encoder.describe().get("encoded_with", "torch-fp32")
     return _save_updated(retriever, index, ids, status,
-                         {"op": "add", "added": int(len(new_ids)), "replaced": int(len(replace)), "removal": how})
+                         {"op": "add", "added": int(len(new_ids)), "replaced": int(len(replace)), "removal": how,
+                          "encoded_with": encoded_with})
 
 
 def remove_products(index_dir: str | os.PathLike[str], product_ids: Sequence[str]) -> dict[str, Any]:

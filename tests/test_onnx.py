@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipeline.errors import ArtifactError
@@ -158,6 +159,12 @@ def test_build_index_defaults_to_int8_onnx_and_fp32_onnx_matches_torch(exported:
     assert np.allclose(build("onnx-fp32", "--backend", "onnx", "--precision", "fp32"), torch_vecs, atol=1e-4)
     cos = (build("onnx-int8") * torch_vecs).sum(1)  # the default, since the demo exported the retriever
     assert cos.min() > 0.97, cos.min()
+    # Products added later are encoded the way the index was built (int8 graph), not by torch.
+    from retrieval.index import add_products
+
+    catalog = pd.read_parquet(exported / "data/sample/catalog.parquet").head(3)
+    update = add_products(tmp_path / "onnx-int8", catalog, show_progress=False)["updates"][-1]
+    assert update["encoded_with"] == "onnx-int8" and update["replaced"] == 3
 
 
 @pytest.mark.parametrize("args, needle", [
