@@ -253,7 +253,8 @@ def bench_cold(root: Path, world: Path, index_dir: Path, runs: int = 5) -> dict[
     """Wall time of a new `pipeline search` process, end to end (files in the page cache).
 
     The first ONNX run starts from an empty checksum-stamp cache, so it re-hashes the index and
-    graphs (what the first search after a build or copy pays); the others reuse the stamps.
+    graphs (what the first search over files copied in from elsewhere pays; a build or export
+    stamps what it wrote); the others reuse the stamps.
     """
     import tempfile
 

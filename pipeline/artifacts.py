@@ -70,6 +70,29 @@ def _stat_key(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
 
 
+def _load_stamps(stamp_file: Path) -> dict[str, Any]:
+    try:
+        stamps = json.loads(stamp_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return stamps if isinstance(stamps, dict) else {}
+
+
+def _save_stamp(path: Path, stat: list[int], digest: str) -> None:
+    """Remember that the file at ``path`` with this stat has this sha256 (best effort)."""
+    stamp_file = _stamp_path()
+    stamps = _load_stamps(stamp_file)
+    stamps.pop(str(path), None)
+    stamps[str(path)] = [*stat, digest]
+    for old in list(stamps)[:-_STAMP_LIMIT]:
+        del stamps[old]
+    try:
+        stamp_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(stamp_file, json.dumps(stamps))
+    except OSError:
+        pass
+
+
 def file_has_sha256(path: str | os.PathLike[str], expected: str) -> bool:
     """Whether the file's sha256 is ``expected``, re-reading it only when it may have changed.
 
@@ -83,33 +106,41 @@ def file_has_sha256(path: str | os.PathLike[str], expected: str) -> bool:
     ``SHOPRANK_VERIFY=full`` turns the shortcut off. An unwritable cache only costs speed.
     """
     path = Path(path).resolve()
-    key, stamp_file = str(path), _stamp_path()
     full = os.environ.get("SHOPRANK_VERIFY", "").lower() == "full"
     try:
         stat = _stat_key(path)
     except OSError:
         return False
-    stamps: dict[str, Any] = {}
-    try:
-        stamps = json.loads(stamp_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        pass
-    if not isinstance(stamps, dict):
-        stamps = {}
-    if not full and stamps.get(key) == [*stat, expected]:
+    if not full and _load_stamps(_stamp_path()).get(str(path)) == [*stat, expected]:
         return True
-    if sha256_file(path) != expected:
+    digest, stat = hash_file(path)
+    if digest != expected:
         return False
-    stamps.pop(key, None)
-    stamps[key] = [*stat, expected]
-    for old in list(stamps)[:-_STAMP_LIMIT]:
-        del stamps[old]
+    if stat:
+        _save_stamp(path, stat, digest)
+    return True
+
+
+def hash_file(path: str | os.PathLike[str]) -> tuple[str, list[int]]:
+    """(sha256, the file's stat key while it was hashed — empty if it changed meanwhile)."""
+    before = _stat_key(Path(path))
+    digest = sha256_file(path)
+    return digest, before if _stat_key(Path(path)) == before else []
+
+
+def remember_sha256(path: str | os.PathLike[str], digest: str, stat: list[int]) -> None:
+    """Record a hash computed by the writer (from :func:`hash_file`) for the file now at ``path``.
+
+    Artefacts are hashed inside a temporary directory that is then renamed into place; a
+    directory rename leaves each file's inode and times alone, so when the stat still matches,
+    the first load after a build need not re-read what the build just hashed.
+    """
+    path = Path(path).resolve()
     try:
-        stamp_file.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(stamp_file, json.dumps(stamps))
+        if stat and _stat_key(path) == stat:
+            _save_stamp(path, stat, digest)
     except OSError:
         pass
-    return True
 
 
 def sha256_text(*parts: str) -> str:

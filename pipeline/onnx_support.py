@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.artifacts import (
-    atomic_directory, build_manifest, file_has_sha256, read_manifest, sha256_file, write_manifest,
+    atomic_directory, build_manifest, file_has_sha256, hash_file, read_manifest, remember_sha256, write_manifest,
 )
 from pipeline.errors import ArtifactError
 
@@ -99,15 +99,18 @@ def write_export(out_dir: Path, build: Any, *, source: Mapping[str, Any], tokeni
         build(tmp / GRAPH_FILES["fp32"])
         quantize_int8(tmp / GRAPH_FILES["fp32"], tmp / GRAPH_FILES["int8"])
         (tmp / TOKENIZER_FILE).write_bytes(tokenizer_json.read_bytes())
+        hashed = {name: hash_file(tmp / name) for name in (*GRAPH_FILES.values(), TOKENIZER_FILE)}
         manifest = build_manifest(
             EXPORT_KIND, config={"opset": OPSET, "max_length": max_length,
                                  "int8": {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8",
                                           **INT8_SETTINGS}},
             inputs={"source": dict(source)}, source=dict(source), max_length=max_length,
-            checksums={name: sha256_file(tmp / name) for name in (*GRAPH_FILES.values(), TOKENIZER_FILE)},
+            checksums={name: digest for name, (digest, _) in hashed.items()},
             **dict(extra or {}),
         )
         write_manifest(tmp, manifest)
+    for name, (digest, stat) in hashed.items():  # so the first search need not re-hash them
+        remember_sha256(Path(out_dir) / name, digest, stat)
     return manifest
 
 

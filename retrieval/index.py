@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.artifacts import (
-    atomic_directory, build_manifest, file_has_sha256, fingerprint_frame, read_manifest, recover_directory,
-    sha256_file, write_manifest,
+    atomic_directory, build_manifest, file_has_sha256, fingerprint_frame, hash_file, read_manifest,
+    recover_directory, remember_sha256, write_manifest,
 )
 from pipeline.errors import ArtifactError, DataError
 
@@ -173,6 +173,7 @@ def build_from_vectors(vectors: np.ndarray, ids: Sequence[str], out_dir: str | o
     target = Path(out_dir)
     with atomic_directory(target) as tmp:
         faiss.write_index(index, str(tmp / INDEX_FILE))
+        digest, stat = hash_file(tmp / INDEX_FILE)
         np.save(tmp / IDS_FILE, ids_arr, allow_pickle=False)
         np.save(tmp / STATUS_FILE, np.zeros(n, dtype=np.int8), allow_pickle=False)
         manifest = build_manifest(
@@ -185,10 +186,11 @@ def build_from_vectors(vectors: np.ndarray, ids: Sequence[str], out_dir: str | o
             dim=dim, count=n, live=n, tombstoned=0, removed=0,
             metric="inner_product", normalized=True, index_type=index_type, factory=factory,
             search_params=search_params, catalog_fingerprint=catalog_fingerprint,
-            build_seconds=round(build_seconds, 3), query_latency_ms=latency_ms, index_sha256=sha256_file(tmp / INDEX_FILE),
+            build_seconds=round(build_seconds, 3), query_latency_ms=latency_ms, index_sha256=digest,
             index_bytes=(tmp / INDEX_FILE).stat().st_size, updates=[],
         )
         write_manifest(tmp, manifest)
+    remember_sha256(target / INDEX_FILE, digest, stat)  # the first search need not re-hash it
     return manifest
 
 
@@ -357,15 +359,17 @@ def _save_updated(retriever: Retriever, index: Any, ids: np.ndarray, status: np.
     manifest = dict(retriever.manifest)
     with atomic_directory(retriever.index_dir) as tmp:
         faiss.write_index(index, str(tmp / INDEX_FILE))
+        digest, stat = hash_file(tmp / INDEX_FILE)
         np.save(tmp / IDS_FILE, ids, allow_pickle=False)
         np.save(tmp / STATUS_FILE, status, allow_pickle=False)
         manifest.update(
             count=int(index.ntotal), live=int((status == LIVE).sum()), tombstoned=int((status == TOMBSTONED).sum()),
-            removed=int((status == REMOVED).sum()), index_sha256=sha256_file(tmp / INDEX_FILE),
+            removed=int((status == REMOVED).sum()), index_sha256=digest,
             index_bytes=(tmp / INDEX_FILE).stat().st_size,
             updates=[*(manifest.get("updates") or []), update],
         )
         write_manifest(tmp, manifest)
+    remember_sha256(retriever.index_dir / INDEX_FILE, digest, stat)
     return manifest
 
 

@@ -108,11 +108,13 @@ def test_corrupt_and_mismatched_indexes_are_refused(tmp_path: Path, encoder: BiE
 def test_verified_index_is_rehashed_only_after_a_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import pipeline.artifacts as artifacts
 
-    build_from_vectors(unit_vectors(200, 16), [f"p{i}" for i in range(200)], tmp_path / "i")
-    Retriever.load(tmp_path / "i", load_encoder=False)  # hashes the file and remembers it
     hashed: list[Path] = []
     real = artifacts.sha256_file
     monkeypatch.setattr(artifacts, "sha256_file", lambda p, *a: hashed.append(Path(p)) or real(p, *a))
+    build_from_vectors(unit_vectors(200, 16), [f"p{i}" for i in range(200)], tmp_path / "i")
+    assert len(hashed) == 1  # the build hashes the file once, and remembers it for the loads
+    hashed.clear()
+    Retriever.load(tmp_path / "i", load_encoder=False)
     Retriever.load(tmp_path / "i", load_encoder=False)
     assert hashed == []
     monkeypatch.setenv("SHOPRANK_VERIFY", "full")
