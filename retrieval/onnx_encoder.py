@@ -152,11 +152,13 @@ class OnnxBiEncoder:
         """Unit product vectors (n, dim) float32 (no cache: catalogs are encoded once)."""
         if not show_progress or len(texts) <= batch_size:
             return self._encode(texts, batch_size)
+        from rich.console import Console
         from rich.progress import track
 
         chunk = batch_size * 16
-        parts = [self._encode(texts[s:s + chunk], batch_size)
-                 for s in track(range(0, len(texts), chunk), description="encoding (onnx)")]
+        parts = [self._encode(texts[s:s + chunk], batch_size)  # progress on stderr: stdout may be JSON
+                 for s in track(range(0, len(texts), chunk), description="encoding (onnx)",
+                                console=Console(stderr=True))]
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
 
     def encode_catalog(self, catalog: Any, batch_size: int = 64, show_progress: bool = True) -> np.ndarray:
