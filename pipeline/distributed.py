@@ -423,12 +423,23 @@ def score_logs_ray(input_path: str | os.PathLike[str], output_path: str | os.Pat
 
 # ----------------------------------------------------------------------------- catalog encoding
 class _EncodeActor:
-    """One Ray actor: loads the bi-encoder once (checksum-verified) and embeds text chunks."""
+    """One Ray actor: loads the bi-encoder once (checksum-verified) and embeds text chunks.
 
-    def __init__(self, *, model_path: str, model_id: str, batch_size: int) -> None:
-        from retrieval.encoder import BiEncoder
+    ``encoded_with`` is the driver encoder's (``torch-fp32``, ``onnx-fp32``, ``onnx-int8``), so
+    every actor encodes exactly the way a local build with that encoder would.
+    """
 
-        self.encoder = BiEncoder.load(model_path)
+    def __init__(self, *, model_path: str, model_id: str, batch_size: int, encoded_with: str = "torch-fp32") -> None:
+        backend, _, precision = encoded_with.partition("-")
+        if backend == "onnx":
+            from retrieval.onnx_encoder import OnnxBiEncoder
+
+            # load_export refuses an export of other weights; one ORT thread per actor (num_cpus=1)
+            self.encoder: Any = OnnxBiEncoder.load(model_path, model_id, precision=precision, threads=1, cache_size=0)
+        else:
+            from retrieval.encoder import BiEncoder
+
+            self.encoder = BiEncoder.load(model_path)
         if self.encoder.model_id != model_id:  # a node with other weights at the same path
             raise ArtifactError(f"{model_path}: weights on {socket.gethostname()} differ from the driver's "
                                 f"({self.encoder.model_id[:12]}… vs {model_id[:12]}…)")
@@ -465,7 +476,8 @@ def encode_texts_ray(texts: Sequence[str], encoder: Any, *, address: str | None 
             _EncodeActor, batch_size=chunk_size, batch_format="pyarrow", zero_copy_batch=True,
             compute=_actor_pool(ray, n_workers), num_cpus=1,
             fn_constructor_kwargs={"model_path": str(encoder.path), "model_id": encoder.model_id,
-                                   "batch_size": batch_size},
+                                   "batch_size": batch_size,
+                                   "encoded_with": encoder.describe().get("encoded_with", "torch-fp32")},
             **_actor_remote_args(retries),
         )
         try:

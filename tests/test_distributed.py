@@ -147,6 +147,36 @@ def test_build_index_ray_gives_the_local_index(local_ray, tiny_data_dir, tmp_pat
     assert a.search(["comfy couch"], k=10)[0] == b.search(["comfy couch"], k=10)[0]
 
 
+
+def test_build_index_ray_encodes_like_the_local_onnx_encoder(local_ray, tiny_data_dir, tmp_path):
+    """Actors use the driver's encoding (ONNX fp32 / int8 from the model's export), not torch."""
+    import shutil
+
+    from pipeline.artifacts import bundled_model_path
+    from retrieval.encoder import verify_model_folder
+    from retrieval.index import Retriever, build_index
+    from retrieval.onnx_encoder import OnnxBiEncoder, export_bi_encoder
+
+    model = tmp_path / "model"
+    shutil.copytree(bundled_model_path(), model)
+    export_bi_encoder(model)
+    model_id = verify_model_folder(model)[0]
+    catalog = pd.read_parquet(tiny_data_dir / "catalog.parquet").head(150)
+    vectors = {}
+    for precision in ("fp32", "int8"):
+        encoder = OnnxBiEncoder.load(model, model_id, precision=precision)
+        local = build_index(catalog, encoder, tmp_path / f"local-{precision}", show_progress=False)
+        remote = build_index_ray(catalog, encoder, tmp_path / f"ray-{precision}", workers=2, chunk_size=40,
+                                 show_progress=False)
+        assert remote["encoded_with"] == local["encoded_with"] == f"onnx-{precision}"
+        vectors[precision] = [Retriever.load(tmp_path / f"{where}-{precision}", load_encoder=False).index
+                              .reconstruct_n(0, len(catalog)) for where in ("local", "ray")]
+    np.testing.assert_allclose(*vectors["fp32"], atol=1e-5)
+    # int8 activations are quantised per batch, and Ray's chunks batch differently: close, not equal
+    local_int8, ray_int8 = vectors["int8"]
+    assert (local_int8 * ray_int8).sum(1).min() > 0.99
+    assert not np.allclose(ray_int8, vectors["fp32"][0], atol=1e-4)  # really the int8 graph
+
 def test_cli_ray_engine_refuses_what_it_cannot_do(tmp_path):
     """One-line errors, no traceback: non-Parquet logs and --resume are local-engine only."""
     log = tmp_path / "log.csv"

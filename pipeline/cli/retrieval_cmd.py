@@ -112,7 +112,7 @@ def build_index_cmd(
         from pipeline.errors import ShoprankError
 
         raise ShoprankError("--engine must be 'local' or 'ray'; --address and --workers need --engine ray")
-    backend, precision = _encoding_backend(backend, precision, engine, _default_model(model))
+    backend, precision = _encoding_backend(backend, precision, _default_model(model))
     catalog = catalog or DEFAULT_DATA_DIR / "catalog.parquet"
     frame = _load_catalog(catalog)
     if backend == "onnx":
@@ -143,9 +143,10 @@ def build_index_cmd(
         print_table(_index_summary(manifest), title=f"index {out}")
 
 
-def _encoding_backend(backend: str, precision: str, engine: str, model: Optional[Path]) -> tuple[str, str]:
+def _encoding_backend(backend: str, precision: str, model: Optional[Path]) -> tuple[str, str]:
     """Resolve build-index's --backend/--precision (``auto``: ONNX int8 when the model is
-    exported and the engine is local; torch fp32 otherwise), refusing combinations that cannot run."""
+    exported, torch fp32 otherwise; the Ray engine's actors encode the same way), refusing
+    combinations that cannot run."""
     from pipeline.config import BACKENDS, PRECISION_CHOICES
     from pipeline.errors import ShoprankError
     from pipeline.onnx_support import has_export
@@ -154,13 +155,11 @@ def _encoding_backend(backend: str, precision: str, engine: str, model: Optional
         raise ShoprankError(f"--backend must be one of {', '.join(BACKENDS)} and --precision one of "
                             f"{', '.join(PRECISION_CHOICES)}")
     if backend == "auto":
-        backend = "onnx" if engine == "local" and model is not None and has_export(model) else "torch"
+        backend = "onnx" if model is not None and has_export(model) else "torch"
     if precision == "auto":
         precision = "int8" if backend == "onnx" else "fp32"
     if backend == "torch" and precision != "fp32":
         raise ShoprankError("--precision int8 needs --backend onnx")
-    if backend == "onnx" and engine == "ray":
-        raise ShoprankError("--backend onnx is for the local engine")
     return backend, precision
 
 
