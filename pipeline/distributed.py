@@ -430,19 +430,12 @@ class _EncodeActor:
     """
 
     def __init__(self, *, model_path: str, model_id: str, batch_size: int, encoded_with: str = "torch-fp32") -> None:
-        backend, _, precision = encoded_with.partition("-")
-        if backend == "onnx":
-            from retrieval.onnx_encoder import OnnxBiEncoder
+        from retrieval.onnx_encoder import load_encoder
 
-            # load_export refuses an export of other weights; one ORT thread per actor (num_cpus=1)
-            self.encoder: Any = OnnxBiEncoder.load(model_path, model_id, precision=precision, threads=1, cache_size=0)
-        else:
-            from retrieval.encoder import BiEncoder
-
-            self.encoder = BiEncoder.load(model_path)
-        if self.encoder.model_id != model_id:  # a node with other weights at the same path
-            raise ArtifactError(f"{model_path}: weights on {socket.gethostname()} differ from the driver's "
-                                f"({self.encoder.model_id[:12]}… vs {model_id[:12]}…)")
+        try:  # one ORT thread per actor (num_cpus=1)
+            self.encoder = load_encoder(model_path, model_id, encoded_with, threads=1, cache_size=0)
+        except ArtifactError as exc:  # a node with other weights (or a stale export) at the same path
+            raise ArtifactError(f"on {socket.gethostname()}: {exc}") from None
         self.batch_size = batch_size
 
     def __call__(self, chunk: pa.Table) -> pa.Table:

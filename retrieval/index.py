@@ -395,13 +395,12 @@ def _build_encoder(index_dir: str | os.PathLike[str]) -> Any:
     if not (Path(index_dir) / "manifest.json").is_file():
         return None  # Retriever.load says what is wrong
     manifest = read_manifest(Path(index_dir), kind=INDEX_KIND)
-    backend, _, precision = str(manifest.get("encoded_with") or "torch-fp32").partition("-")
-    path = manifest.get("model_path")
-    if backend != "onnx" or not path or not has_export(path):
+    encoded_with, path = str(manifest.get("encoded_with") or "torch-fp32"), manifest.get("model_path")
+    if not encoded_with.startswith("onnx-") or not path or not has_export(path):
         return None
-    from retrieval.onnx_encoder import OnnxBiEncoder
+    from retrieval.onnx_encoder import load_encoder
 
-    return OnnxBiEncoder.load(path, str(manifest.get("model_id") or ""), precision=precision)
+    return load_encoder(path, str(manifest.get("model_id") or ""), encoded_with)
 
 
 def add_products(index_dir: str | os.PathLike[str], catalog_df: "pd.DataFrame", encoder: "BiEncoder | None" = None,
