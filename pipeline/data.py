@@ -57,11 +57,17 @@ class Dataset:
         return self.queries.loc[self.queries["split"] == split, "query"].tolist()
 
 
+def product_text_fields(catalog: pd.DataFrame) -> dict[str, list[str]]:
+    """The catalog columns the product text is made of (:data:`PRODUCT_TEXT_FIELDS`), as
+    strings with missing values and missing columns as ``""``."""
+    parts = catalog.reindex(columns=list(PRODUCT_TEXT_FIELDS)).fillna("").astype(str)
+    return {field: parts[field].tolist() for field in PRODUCT_TEXT_FIELDS}
+
+
 def product_text(catalog: pd.DataFrame) -> list[str]:
     """The ONE product text template shared by the bi-encoder and the cross-encoder
     (:func:`pipeline.textutil.join_product_fields`: title | brand | category | attributes)."""
-    parts = catalog.reindex(columns=list(PRODUCT_TEXT_FIELDS)).fillna("").astype(str)
-    return [join_product_fields(row) for row in parts.itertuples(index=False)]
+    return [join_product_fields(row) for row in zip(*product_text_fields(catalog).values())]
 
 
 def qrels_dict(qrels: pd.DataFrame) -> dict[str, dict[str, int]]:

@@ -83,10 +83,9 @@ class CatalogText:
     @classmethod
     def from_frame(cls, frame: Any) -> CatalogText:
         """From a validated catalog DataFrame (library callers already hold one)."""
-        from pipeline.textutil import PRODUCT_TEXT_FIELDS
+        from pipeline.data import product_text_fields
 
-        parts = frame.reindex(columns=list(PRODUCT_TEXT_FIELDS)).fillna("").astype(str)
-        return cls(frame["product_id"].astype(str).tolist(), {c: parts[c].tolist() for c in PRODUCT_TEXT_FIELDS})
+        return cls(frame["product_id"].astype(str).tolist(), product_text_fields(frame))
 
     @classmethod
     def read(cls, path: Path) -> CatalogText:
