@@ -44,26 +44,16 @@ def bootstrap_ci(diffs: np.ndarray, rounds: int = 2000, seed: int = 0) -> list[f
     return [round(float(np.percentile(means, 2.5)), 4), round(float(np.percentile(means, 97.5)), 4)]
 
 
-def encode_onnx(graph: Path, tokenizer_json: Path, texts: list[str]) -> np.ndarray:
-    """Unit vectors from an exported bi-encoder graph (batching as OnnxBiEncoder does)."""
-    from pipeline.onnx_support import FastTokenizer, length_sorted_batches, make_session, run_session
-
-    session, tokenizer = make_session(graph), FastTokenizer(tokenizer_json, 256)
-    out = np.zeros((len(texts), 384), np.float32)
-    for idx in length_sorted_batches([len(t) for t in texts], 64):
-        out[idx] = run_session(session, tokenizer([texts[i] for i in idx]))
-    return out
-
-
 def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     from pipeline.artifacts import sha256_file
     from pipeline.data import load_dataset, product_text, qrels_dict
     from pipeline.metrics import per_query
-    from pipeline.onnx_support import load_export
+    from pipeline.onnx_support import GRAPH_FILES, ONNX_DIR, make_session
     from pipeline.sample import write_sample
     from retrieval.encoder import verify_model_folder
+    from retrieval.onnx_encoder import OnnxBiEncoder
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=Path, default=Path("."))
@@ -78,10 +68,13 @@ def main() -> None:
     if not (world / "catalog.parquet").is_file():
         write_sample(world, n_products=args.products, n_queries=args.queries, seed=args.seed)
     retriever = root / "models/retriever"
-    source = {"kind": "retriever", "model_id": verify_model_folder(retriever)[0]}
-    int8_graph, tokenizer_json, _ = load_export(retriever, "int8", source)
-    fp32_graph, _, _ = load_export(retriever, "fp32", source)
-    graph = args.graph or int8_graph
+    model_id = verify_model_folder(retriever)[0]
+    fp32 = OnnxBiEncoder.load(retriever, model_id, precision="fp32", cache_size=0)
+    int8 = OnnxBiEncoder.load(retriever, model_id, precision="int8", cache_size=0)
+    graph = args.graph or retriever / ONNX_DIR / GRAPH_FILES["int8"]
+    if args.graph:  # another quantisation of the same export: same tokenizer, same batching
+        int8 = OnnxBiEncoder(make_session(args.graph), int8.tokenizer, int8.path, model_id, int8.name, int8.dim,
+                             "int8", cache_size=0)
 
     ds = load_dataset(world)
     texts = product_text(ds.catalog)
@@ -93,7 +86,7 @@ def main() -> None:
     st_encode = lambda t: st.encode(t, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)  # noqa: E731
     systems = {
         "baseline": (st_encode(texts), st_encode(texts_q)),
-        "int8": (encode_onnx(graph, tokenizer_json, texts), encode_onnx(fp32_graph, tokenizer_json, texts_q)),
+        "int8": (int8.encode_products(texts, show_progress=False), fp32.encode_queries(texts_q)),
     }
     runs, hits_of = {}, {}
     for name, (catalog_vecs, query_vecs) in systems.items():
