@@ -1,9 +1,10 @@
 """`pipeline demo`: the whole product on the built-in sample shop, in one command.
 
 Steps (each a real library call, timed): generate the sample world -> fine-tune the
-retriever -> export it to ONNX and build the FAISS index with the int8 graph -> train the multi-task reranker on retriever
-candidates -> evaluate every system -> example searches on vocabulary-mismatch queries ->
-score a sample query log into Parquet -> export the reranker to ONNX (fast, torch-free search).
+retriever -> export it to ONNX and build the FAISS index with the int8 graph -> train the
+multi-task reranker on retriever candidates -> evaluate every system -> example searches on
+vocabulary-mismatch queries -> score a sample query log into Parquet -> export the reranker to
+ONNX (fast, torch-free search).
 
 Everything is written under ``workdir`` at the *default relative paths*
 (``data/sample``, ``models/retriever``, ``models/reranker``, ``indexes/default``,

@@ -37,6 +37,16 @@ def _catalog_texts(root: Path, n: int = 40) -> list[str]:
     return product_text(load_dataset(catalog=root / "data/sample/catalog.parquet").catalog)[:n]
 
 
+def _retrained_copy(reranker: Path, dest: Path) -> Path:
+    """A copy of the reranker whose manifest id changed (as after retraining) but whose ONNX
+    export did not: the export is now stale."""
+    shutil.copytree(reranker, dest)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    manifest["id"] = "retrained000"
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    return dest
+
+
 def test_bi_encoder_export_matches_torch(exported: Path) -> None:
     from retrieval.encoder import BiEncoder
     from retrieval.onnx_encoder import OnnxBiEncoder
@@ -84,11 +94,7 @@ def test_reranker_export_matches_torch(exported: Path) -> None:
 def test_stale_or_corrupt_export_is_refused(exported: Path, tmp_path: Path) -> None:
     from rerank.onnx_model import OnnxCrossEncoder
 
-    stale = tmp_path / "stale"
-    shutil.copytree(exported / "models/reranker", stale)
-    manifest = json.loads((stale / "manifest.json").read_text())
-    manifest["id"] = "retrained000"
-    (stale / "manifest.json").write_text(json.dumps(manifest))
+    stale = _retrained_copy(exported / "models/reranker", tmp_path / "stale")
     with pytest.raises(ArtifactError, match="stale"):
         OnnxCrossEncoder.load(stale)
 
@@ -182,10 +188,6 @@ def test_bad_onnx_arguments_are_one_line_errors(exported: Path, args: list[str],
 def test_search_with_stale_export_is_one_line_error(exported: Path, tmp_path: Path) -> None:
     from tests.test_cli_search import _assert_one_line_error, _run
 
-    stale = tmp_path / "reranker"
-    shutil.copytree(exported / "models/reranker", stale)
-    manifest = json.loads((stale / "manifest.json").read_text())
-    manifest["id"] = "retrained000"
-    (stale / "manifest.json").write_text(json.dumps(manifest))
+    stale = _retrained_copy(exported / "models/reranker", tmp_path / "reranker")
     _assert_one_line_error(_run("search", "sofa", "--backend", "onnx", "--reranker", str(stale), cwd=exported),
                            "re-run `pipeline export-onnx`")

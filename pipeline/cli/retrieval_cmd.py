@@ -112,22 +112,21 @@ def build_index_cmd(
         from pipeline.errors import ShoprankError
 
         raise ShoprankError("--engine must be 'local' or 'ray'; --address and --workers need --engine ray")
-    backend, precision = _encoding_backend(backend, precision, _default_model(model))
+    chosen = _default_model(model)
+    backend, precision = _encoding_backend(backend, precision, chosen)
     catalog = catalog or DEFAULT_DATA_DIR / "catalog.parquet"
     frame = _load_catalog(catalog)
     if backend == "onnx":
         from retrieval.encoder import verify_model_folder
         from retrieval.onnx_encoder import OnnxBiEncoder
 
-        chosen = _default_model(model)
         if chosen is None:
             from pipeline.errors import ShoprankError
 
             raise ShoprankError("--backend onnx needs a trained retriever (--model) exported with `pipeline export-onnx`")
-        folder = Path(chosen)
-        encoder = OnnxBiEncoder.load(folder, verify_model_folder(folder)[0], precision=precision)
+        encoder = OnnxBiEncoder.load(chosen, verify_model_folder(Path(chosen))[0], precision=precision)
     else:
-        encoder = BiEncoder.load(_default_model(model))
+        encoder = BiEncoder.load(chosen)
     params = {k: v for k, v in {"efSearch": ef_search, "nprobe": nprobe}.items() if v is not None}
     info(f"encoding {len(frame)} products with {encoder.name} ({encoder.path})")
     if engine == "ray":
