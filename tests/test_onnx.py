@@ -178,6 +178,7 @@ def test_build_index_defaults_to_int8_onnx_and_fp32_onnx_matches_torch(exported:
     (["search", "sofa", "--backend", "gpu"], "unknown backend 'gpu'"),
     (["search", "sofa", "--precision", "int4"], "unknown precision 'int4'"),
     (["build-index", "--backend", "torch", "--precision", "int8"], "--precision int8 needs --backend onnx"),
+    (["build-index", "--backend", "gpu"], "--backend must be one of auto, onnx, torch"),
 ])
 def test_bad_onnx_arguments_are_one_line_errors(exported: Path, args: list[str], needle: str) -> None:
     from tests.test_cli_search import _assert_one_line_error, _run
