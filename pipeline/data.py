@@ -31,7 +31,7 @@ FUNNEL = ["impressions", "clicks", "add_to_carts", "purchases"]
 EVENTS = {"impression": "impressions", "click": "clicks", "add_to_cart": "add_to_carts", "purchase": "purchases"}
 QUERY_COLUMNS = ["query_id", "query", "split"]
 QRELS_COLUMNS = ["query", "product_id", "relevance"]
-SPLITS = ("train", "valid", "test")
+SPLITS = ("train", "valid", "test", "unseen")   # unseen: held-out types or categories, never trained on
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv",
            ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 

@@ -5,7 +5,10 @@ Systems (each ranks the whole catalog for every query of the split):
 * ``bm25``               lexical baseline (bm25s) — the floor any learned model must beat;
 * ``dense-zero-shot``    the bundled MiniLM, not fine-tuned — shows what training buys;
 * ``dense-fine-tuned``   the index at ``index_dir`` (the trained retriever);
-* ``two-stage``          that retriever's top ``candidates`` reranked by the cross-encoder.
+* ``two-stage``          that retriever's top ``candidates`` reranked by the cross-encoder;
+* ``oracle-rerank``      that retriever's top ``candidates`` sorted by their true grade: the
+  best any reranker of those candidates could do. Its gap to ``dense-fine-tuned`` is the
+  headroom stage 2 has; a world or dataset with little headroom cannot show a reranker's worth.
 
 Each is scored overall and on the **vocabulary-mismatch** queries (no content word shared
 with any relevant product), where lexical matching fails by construction. Every system's
@@ -31,7 +34,7 @@ from pipeline.config import DEFAULT_INDEX_DIR, DEFAULT_RERANKER_DIR, DEFAULT_SEE
 from pipeline.errors import DataError, ShoprankError
 from pipeline.metrics import DEFAULT_MEASURES, aggregate, auc, write_trec_run
 
-SYSTEMS = ("bm25", "dense-zero-shot", "dense-fine-tuned", "two-stage")
+SYSTEMS = ("bm25", "dense-zero-shot", "dense-fine-tuned", "two-stage", "oracle-rerank")
 TASK_LABELS = {"click": "clicks", "add_to_cart": "add_to_carts", "purchase": "purchases"}
 Ranker = Callable[[list[str]], tuple[list[list[str]], list[Sequence[float]]]]
 
@@ -137,7 +140,7 @@ def evaluate(data_dir: str | os.PathLike[str] | None = None, *, dataset: Any = N
             raise ShoprankError(f"{out_dir}: cannot create run directory ({exc.strerror})") from None
         write_trec_qrels(out_dir / "qrels.txt", qrels_by_id)
         rankers, details = _build_rankers(ds, systems, Path(scratch), index_dir, reranker,
-                                                     candidates, depth)
+                                          candidates, depth, all_qrels)
         rows, run_files = [], {}
         for system, ranker in rankers.items():
             ids, scores = ranker(texts)
@@ -160,12 +163,37 @@ def evaluate(data_dir: str | os.PathLike[str] | None = None, *, dataset: Any = N
             "run_files": run_files if run_dir else {},
             "qrels_file": str(out_dir / "qrels.txt") if run_dir else None,
             "models": {k: v for k, v in details.items() if isinstance(v, str)},
+            "candidates": candidates,
         }
+        report["headroom"] = _headroom(rows)
     return report
 
 
+def _headroom(rows: list[dict[str, Any]], measure: str = "nDCG@10") -> float | None:
+    """Oracle reranking minus fine-tuned dense (overall), when both were evaluated."""
+    value = {r["system"]: r.get(measure) for r in rows if r["subset"] == "all"}
+    if value.get("oracle-rerank") is None or value.get("dense-fine-tuned") is None:
+        return None
+    return float(value["oracle-rerank"] - value["dense-fine-tuned"])
+
+
+def _oracle(retriever: Any, qrels: dict[str, dict[str, int]], candidates: int) -> Ranker:
+    """Rerank the retriever's top ``candidates`` by true grade (ties keep retrieval order)."""
+    def rank(qs: list[str]) -> tuple[list[list[str]], list[list[float]]]:
+        ids, _ = retriever.search(qs, k=candidates)
+        out_ids, out_scores = [], []
+        for q, row in zip(qs, ids):
+            grades = qrels.get(q, {})
+            order = sorted(range(len(row)), key=lambda i: (-grades.get(row[i], 0), i))
+            out_ids.append([row[i] for i in order])
+            out_scores.append([float(len(row) - r) for r in range(len(row))])
+        return out_ids, out_scores
+    return rank
+
+
 def _build_rankers(ds: Any, systems: Sequence[str], scratch: Path, index_dir: Any, reranker: Any,
-                   candidates: int, depth: int) -> tuple[dict[str, Ranker], dict[str, Any]]:
+                   candidates: int, depth: int,
+                   qrels: dict[str, dict[str, int]] | None = None) -> tuple[dict[str, Ranker], dict[str, Any]]:
     """One ranking function per system (texts -> ids, scores), loading each model once."""
     rankers: dict[str, Ranker] = {}
     details: dict[str, Any] = {}
@@ -178,7 +206,7 @@ def _build_rankers(ds: Any, systems: Sequence[str], scratch: Path, index_dir: An
         zero = _dense_zero_shot(ds.catalog, scratch)
         details["dense-zero-shot-model"] = str(zero.encoder.model_id)
         rankers["dense-zero-shot"] = lambda qs: zero.search(qs, k=depth)
-    if {"dense-fine-tuned", "two-stage"} & set(systems):
+    if {"dense-fine-tuned", "two-stage", "oracle-rerank"} & set(systems):
         from pipeline.search import TwoStageSearcher
         from retrieval.index import Retriever
 
@@ -188,6 +216,8 @@ def _build_rankers(ds: Any, systems: Sequence[str], scratch: Path, index_dir: An
         details["dense-fine-tuned-model"] = str(searcher.retriever.encoder.model_id)
         if "dense-fine-tuned" in systems:
             rankers["dense-fine-tuned"] = lambda qs: searcher.retriever.search(qs, k=depth)
+        if "oracle-rerank" in systems:
+            rankers["oracle-rerank"] = _oracle(searcher.retriever, qrels or {}, candidates)
         if "two-stage" in systems:
             details["two-stage"] = searcher.reranker
             details["reranker"] = str(searcher.reranker.manifest.get("id", ""))

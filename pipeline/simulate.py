@@ -100,14 +100,24 @@ def _lexical_overlap(queries: np.ndarray, texts: np.ndarray, synonyms: Mapping[s
     return out
 
 
+def examination_propensity(model: UserModel) -> np.ndarray:
+    """P(examine) per shown position 1..slots: the position bias the simulated user applies."""
+    return 1.0 / np.arange(1, model.slots + 1, dtype=np.float64) ** model.examine_power
+
+
 def simulate_engagement(qrels: pd.DataFrame, catalog: pd.DataFrame, *, seed: int = 13,
-                        model: UserModel | None = None) -> pd.DataFrame:
+                        model: UserModel | None = None,
+                        return_positions: bool = False) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """Simulate logged engagement for the judged (query, product) pairs in ``qrels``.
 
     The production ranker ranks each query's judged pool; every session shows the top
     ``model.slots``; users examine, click, add to cart and buy as the model says. Returns
     one row per (query, product) ever shown, with funnel-consistent counts and the mean
     position, sorted by (query, product_id) so output is deterministic.
+
+    ``return_positions=True`` also returns impressions and clicks per (query, product,
+    position): what a shop's raw impression log holds, and what estimating position bias
+    needs (the aggregated mean position hides how a product's position varied).
     """
     model = model or UserModel()
     missing = [c for c in ("query", "product_id", "relevance") if c not in qrels.columns]
@@ -144,7 +154,7 @@ def simulate_engagement(qrels: pd.DataFrame, catalog: pd.DataFrame, *, seed: int
 
     starts = np.flatnonzero(np.r_[True, pairs["query"].to_numpy()[1:] != pairs["query"].to_numpy()[:-1]])
     ends = np.r_[starts[1:], len(pairs)]
-    exam = 1.0 / np.arange(1, model.slots + 1, dtype=np.float64) ** model.examine_power
+    exam = examination_propensity(model)
 
     n = len(pairs)
     impressions = np.zeros(n, np.int64)
@@ -152,6 +162,8 @@ def simulate_engagement(qrels: pd.DataFrame, catalog: pd.DataFrame, *, seed: int
     carts = np.zeros(n, np.int64)
     buys = np.zeros(n, np.int64)
     pos_sum = np.zeros(n, np.float64)
+    by_pos_imp = np.zeros((n, model.slots), np.int64) if return_positions else None
+    by_pos_click = np.zeros((n, model.slots), np.int64) if return_positions else None
     for lo, hi in zip(starts, ends):
         size = hi - lo
         pool = lo + np.argsort(-static[lo:hi], kind="stable")[: model.pool]
@@ -171,6 +183,9 @@ def simulate_engagement(qrels: pd.DataFrame, catalog: pd.DataFrame, *, seed: int
         np.add.at(clicks, flat, click.ravel())
         np.add.at(carts, flat, cart.ravel())
         np.add.at(buys, flat, buy.ravel())
+        if by_pos_imp is not None:
+            np.add.at(by_pos_imp, (flat, pos.ravel() - 1), 1)
+            np.add.at(by_pos_click, (flat, pos.ravel() - 1), click.ravel())
 
     seen = impressions > 0
     out = pd.DataFrame({
@@ -182,7 +197,16 @@ def simulate_engagement(qrels: pd.DataFrame, catalog: pd.DataFrame, *, seed: int
         "purchases": buys[seen],
         "position": np.round(pos_sum[seen] / impressions[seen], 3),
     })
-    return out[ENGAGEMENT_COLUMNS + ["position"]].reset_index(drop=True)
+    out = out[ENGAGEMENT_COLUMNS + ["position"]].reset_index(drop=True)
+    if by_pos_imp is None:
+        return out
+    row, col = np.nonzero(by_pos_imp)
+    positions = pd.DataFrame({
+        "query": pairs["query"].to_numpy()[row], "product_id": pairs["product_id"].to_numpy()[row],
+        "position": (col + 1).astype(np.int64), "impressions": by_pos_imp[row, col],
+        "clicks": by_pos_click[row, col],
+    })
+    return out, positions
 
 
 def funnel_rates(engagement: pd.DataFrame) -> dict[str, float]:

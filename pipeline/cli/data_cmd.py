@@ -41,9 +41,7 @@ def sample_data(
     if json_out:
         emit_json(stats)
         return
-    keys = ["products", "categories", "queries", "queries_train", "queries_valid", "queries_test", "qrels",
-            "mismatch_share", "impressions", "click_rate", "add_to_cart_rate", "purchase_rate", "seconds"]
-    print_table([{"statistic": k, "value": stats[k]} for k in keys], title=f"sample world in {out}")
+    print_table(_stat_rows(stats), title=f"sample world in {out}")
     print_table([{"intent": k, **v} for k, v in stats["by_intent"].items()], title="vocabulary mismatch by query type")
 
 
