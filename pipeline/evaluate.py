@@ -32,9 +32,13 @@ import numpy as np
 
 from pipeline.config import DEFAULT_INDEX_DIR, DEFAULT_RERANKER_DIR, DEFAULT_SEED
 from pipeline.errors import DataError, ShoprankError
-from pipeline.metrics import DEFAULT_MEASURES, aggregate, auc, write_trec_run
+from pipeline.metrics import DEFAULT_MEASURES, aggregate, auc, paired_bootstrap, per_query, write_trec_run
 
 SYSTEMS = ("bm25", "dense-zero-shot", "dense-fine-tuned", "two-stage", "oracle-rerank")
+# Paired comparisons reported with a bootstrap interval: (system, the system it must beat).
+PAIRED_AGAINST = (("two-stage", "dense-fine-tuned"), ("dense-fine-tuned", "dense-zero-shot"),
+                  ("dense-zero-shot", "bm25"))
+PAIRED_MEASURE = "nDCG@10"
 TASK_LABELS = {"click": "clicks", "add_to_cart": "add_to_carts", "purchase": "purchases"}
 Ranker = Callable[[list[str]], tuple[list[list[str]], list[Sequence[float]]]]
 
@@ -141,7 +145,7 @@ def evaluate(data_dir: str | os.PathLike[str] | None = None, *, dataset: Any = N
         write_trec_qrels(out_dir / "qrels.txt", qrels_by_id)
         rankers, details = _build_rankers(ds, systems, Path(scratch), index_dir, reranker,
                                           candidates, depth, all_qrels)
-        rows, run_files = [], {}
+        rows, run_files, per_system = [], {}, {}
         for system, ranker in rankers.items():
             ids, scores = ranker(texts)
             run = {qid_of[t]: {pid: float(s) for pid, s in zip(r_ids, r_sc)}
@@ -152,6 +156,7 @@ def evaluate(data_dir: str | os.PathLike[str] | None = None, *, dataset: Any = N
             for subset, keys in (("all", list(qrels_by_id)), ("mismatch", mismatch_ids)):
                 values = aggregate(run, qrels_by_id, measures, queries=keys) if keys else {m: float("nan") for m in measures}
                 rows.append({"system": system, "subset": subset, "queries": len(keys), **values})
+            per_system[system] = per_query(run, qrels_by_id, [PAIRED_MEASURE])[PAIRED_MEASURE]
         task_rows = []
         if "two-stage" in details and ds.engagement is not None:
             task_rows = _engagement_metrics(details["two-stage"], ds.catalog, ds.engagement, set(texts),
@@ -166,7 +171,18 @@ def evaluate(data_dir: str | os.PathLike[str] | None = None, *, dataset: Any = N
             "candidates": candidates,
         }
         report["headroom"] = _headroom(rows)
+        report["paired"] = _paired(per_system, seed)
     return report
+
+
+def _paired(per_system: dict[str, dict[str, float]], seed: int) -> list[dict[str, Any]]:
+    """Each learned system against the one it builds on, by a paired bootstrap over queries."""
+    out = []
+    for system, baseline in PAIRED_AGAINST:
+        if system in per_system and baseline in per_system:
+            out.append({"system": system, "baseline": baseline, "measure": PAIRED_MEASURE,
+                        **paired_bootstrap(per_system[system], per_system[baseline], seed=seed)})
+    return out
 
 
 def _headroom(rows: list[dict[str, Any]], measure: str = "nDCG@10") -> float | None:
