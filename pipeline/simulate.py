@@ -243,3 +243,38 @@ def engagement_from_labels(qrels: str | Path, catalog: str | Path, out: str | Pa
         write_parquet(engagement, tmp)
     return {"out": str(out), "queries": int(engagement["query"].nunique()), "rows": int(len(engagement)),
             "qrels_unknown_products": report.get("qrels_unknown_products", 0), **funnel_rates(engagement)}
+
+
+def propensity_report(log: str | Path, *, max_position: int = 20, against_simulator: bool = False,
+                      seed: int = 13) -> dict:
+    """`pipeline estimate-propensity`: examination propensity per position, fitted on a log.
+
+    ``log`` is a per-position impression log (``positions.parquet`` of the sample world, or a
+    shop's own) or an engagement file with a mean ``position`` column (biased; the estimate
+    says so). ``against_simulator`` adds the propensities the sample world's user applied
+    and the relative error of the estimate, the check that position-bias correction
+    recovers a known truth.
+    """
+    from pipeline.data import read_table
+    from rerank.propensity import compare_to_truth, estimate_propensities
+
+    frame = read_table(log)
+    for col in ("impressions", "clicks", "position"):
+        if col in frame.columns:
+            frame[col] = pd.to_numeric(frame[col], errors="coerce")
+    est = estimate_propensities(frame, max_position=max_position, seed=seed)
+    rows = [{"position": int(p), "propensity": float(t), "impressions": int(n)}
+            for p, t, n in zip(est.positions, est.theta, est.impressions)]
+    report: dict = {"log": str(log), "input": est.input_kind, "anchor_position": int(est.anchor),
+                    "iterations": int(est.iterations), "converged": bool(est.converged), "positions": rows}
+    if against_simulator:
+        power = UserModel().examine_power
+        check = compare_to_truth(est, lambda p: 1.0 / np.asarray(p, dtype=np.float64) ** power, positions=min(10, max_position))
+        truth = dict(zip(check["position"], check["true"]))
+        err = dict(zip(check["position"], check["relative_error"]))
+        for row in rows:
+            if row["position"] in truth:
+                row["simulator"] = float(truth[row["position"]])
+                row["relative_error"] = float(err[row["position"]])
+        report["max_relative_error_1_10"] = float(np.nanmax(np.abs(check["relative_error"].to_numpy())))
+    return report

@@ -125,3 +125,15 @@ def test_unknown_products_in_engagement_are_skipped_with_a_warning(tmp_path) -> 
     assert len(warnings) == 1 and "2 engagement row(s)" in warnings[0] and "GHOST" in warnings[0]
     stats = json.loads(result.stdout)
     assert stats["engagement_rows"] == 2 and stats["engagement_unknown_products"] == 2
+
+
+def test_estimate_propensity_from_the_sample_worlds_position_log(tmp_path, tiny_data_dir) -> None:
+    result = run_cli("estimate-propensity", "--log", tiny_data_dir / "positions.parquet", "--against-simulator",
+                     "--max-position", "10", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    theta = [row["propensity"] for row in report["positions"]]
+    assert report["input"] == "per_position" and theta[0] == 1.0 and len(theta) == 10
+    assert theta[-1] < theta[0] and all(0 <= row["relative_error"] < 1 for row in report["positions"])
+    bad = run_cli("estimate-propensity", "--log", tiny_data_dir / "catalog.parquet", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr

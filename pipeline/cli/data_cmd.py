@@ -83,3 +83,23 @@ def validate(
         emit_json(stats)
     else:
         print_table(_stat_rows(stats), title="dataset OK")
+
+
+@app.command("estimate-propensity")
+def estimate_propensity(
+    log: Path = typer.Option(Path(DEFAULT_DATA_DIR) / "positions.parquet", "--log",
+                             help="Per-position impression log (query, product_id, position, impressions, clicks)."),
+    max_position: int = typer.Option(20, "--max-position", min=1, help="Deepest position to estimate."),
+    simulator: bool = typer.Option(False, "--against-simulator", help="Compare with the sample world's true propensities."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Estimate the examination propensity per position (position-based click model, EM)."""
+    from pipeline.simulate import propensity_report
+
+    report = propensity_report(log, max_position=max_position, against_simulator=simulator)
+    if json_out:
+        emit_json(report)
+        return
+    print_table(report["positions"], title=f"examination propensity from {log} ({report['input']} input)")
+    if "max_relative_error_1_10" in report:
+        typer.echo(f"largest relative error against the simulator, positions 1-10: {report['max_relative_error_1_10']:.3f}")
