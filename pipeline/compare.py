@@ -3,7 +3,9 @@ on the sample world's test split, reranking the fine-tuned retriever's top-100.
 
 Rows: retrieval only, single-task click, single-task purchase, shared-bottom, MMoE with
 independent heads, MMoE with funnel heads, MMoE + domain adaptation (and the int8 MMoE on
-ONNX Runtime and on torch dynamic quantisation, to measure the quantisation cost). Columns: NDCG@10 graded by ground-truth relevance, and per
+ONNX Runtime and on torch dynamic quantisation, to measure the quantisation cost), and MMoE
+funnel trained with the listwise objective and with both objectives (the rows without an
+objective in their name are pointwise). Columns: NDCG@10 graded by ground-truth relevance, and per
 task (click, add_to_cart, purchase) NDCG@10 graded by that task's engagement counts and AUC
 (see :mod:`rerank.evaluation`).
 
@@ -38,11 +40,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "mmoe_independent": {"architecture": "mmoe", "heads": "independent"},
     "mmoe_funnel": {"architecture": "mmoe", "heads": "funnel"},
     "mmoe_funnel_domain": {"architecture": "mmoe", "heads": "funnel", "domain": True},
+    "mmoe_funnel_listwise": {"architecture": "mmoe", "heads": "funnel", "objective": "listwise"},
+    "mmoe_funnel_both": {"architecture": "mmoe", "heads": "funnel", "objective": "both"},
 }
 # Run order (table order is VARIANTS'): the rows the acceptance checks need come first, and
 # results.json is rewritten after every variant, so a run cut short still answers them.
 RUN_ORDER = ("mmoe_funnel", "single_purchase", "single_click", "shared_bottom", "mmoe_independent",
-             "mmoe_funnel_domain")
+             "mmoe_funnel_domain", "mmoe_funnel_listwise", "mmoe_funnel_both")
 COLUMNS = ["system", "ndcg@10", "click_ndcg@10", "click_auc", "add_to_cart_ndcg@10", "add_to_cart_auc",
            "purchase_ndcg@10", "purchase_auc", "train_seconds"]
 

@@ -2,7 +2,8 @@
 
 Steps (each a real library call, timed): generate the sample world -> fine-tune the
 retriever -> export it to ONNX and build the FAISS index with the int8 graph -> train the
-multi-task reranker on retriever candidates -> evaluate every system -> example searches on
+multi-task reranker on retriever candidates and fit its first-stage blend on the valid split ->
+evaluate every system -> example searches on
 vocabulary-mismatch queries -> score a sample query log into Parquet -> export the reranker to
 ONNX (fast, torch-free search).
 
@@ -45,6 +46,7 @@ class DemoBudget:
     candidates: int
     log_rows: int
     eval_engagement_pairs: int
+    reranker_objective: str = "pointwise"
 
 
 # Budgets sized on 2 CPU cores: QUICK for the test suite (< 3 min), FULL for `make demo`
@@ -126,7 +128,7 @@ def run_demo(workdir: str | os.PathLike[str] = ".", *, quick: bool = False, seed
     from pipeline.search import TwoStageSearcher
     from rerank.model import MultiTaskCrossEncoder
     from pipeline.export import export_onnx
-    from rerank.train import train_reranker
+    from pipeline.blend import train_reranker_on_index
     from retrieval.encoder import BiEncoder
     from retrieval.index import Retriever, build_index
     from retrieval.onnx_encoder import OnnxBiEncoder
@@ -157,13 +159,13 @@ def run_demo(workdir: str | os.PathLike[str] = ".", *, quick: bool = False, seed
                     index_type="flat", show_progress=progress)
         retriever = Retriever.load(index_dir, encoder=encoder)
     with _timed(timings, "train reranker"):
-        train_queries = dataset.split_queries("train") + dataset.split_queries("valid")
-        ids, _ = retriever.search(train_queries, k=budget.candidates)
-        candidates = dict(zip(train_queries, ids))
-        reranker_report = train_reranker(dataset, reranker_dir, candidates=candidates, seed=seed,
-                                         epochs=budget.reranker_epochs, max_queries=budget.reranker_max_queries,
-                                         max_shown_per_query=budget.reranker_max_shown,
-                                         negatives=budget.reranker_negatives, progress=progress)
+        # trained on the retriever's candidates; the blend with the retrieval score is then
+        # fitted on the valid split and saved in the reranker's manifest
+        reranker_report = train_reranker_on_index(
+            dataset, reranker_dir, retriever=retriever, candidates=budget.candidates, seed=seed,
+            epochs=budget.reranker_epochs, max_queries=budget.reranker_max_queries,
+            max_shown_per_query=budget.reranker_max_shown, negatives=budget.reranker_negatives,
+            objective=budget.reranker_objective, progress=progress)
     with _timed(timings, "evaluate"):
         evaluation = evaluate(dataset=dataset, split="test", index_dir=index_dir, reranker=reranker_dir,
                               run_dir=runs / "eval", candidates=budget.candidates, seed=seed,
@@ -186,6 +188,7 @@ def run_demo(workdir: str | os.PathLike[str] = ".", *, quick: bool = False, seed
                   "reranker": str(reranker_dir), "runs": str(runs)},
         "retriever": {k: retriever_report.get(k) for k in ("model_id", "train_rows", "best_epoch", "train_seconds")},
         "reranker": {k: v for k, v in reranker_report.items() if isinstance(v, (int, float, str))},
+        "fusion": reranker_report.get("fusion"),
         "evaluation": evaluation, "examples": examples, "example_summary": example_summary,
         "scored_log": scored, "timings": timings, "seconds": round(time.perf_counter() - started, 1),
         "try": try_query,

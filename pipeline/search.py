@@ -131,13 +131,25 @@ class TwoStageSearcher:
 
     Without a reranker (``reranker=None``) it returns retrieval order and leaves the
     probability columns empty; :attr:`reranked` tells callers which case they got.
+
+    The ranking ``score`` blends the reranker's fused task score with the retrieval score
+    (:func:`rerank.fusion.blend`, per-query z-scores) by the weight fitted on the valid split
+    and recorded in the reranker's manifest; the ``p_<task>`` columns are the model's own.
     """
 
     def __init__(self, retriever: Any, reranker: Any | None, catalog: Any, *,
-                 weights: Mapping[str, float] | None = None) -> None:
-        """``catalog``: a :class:`CatalogText` or a catalog DataFrame."""
+                 weights: Mapping[str, float] | None = None, retrieval_weight: float | None = None) -> None:
+        """``catalog``: a :class:`CatalogText` or a catalog DataFrame. ``retrieval_weight``
+        overrides the reranker manifest's fitted blend weight (0 = reranker order alone)."""
+        from rerank.fusion import retrieval_weight as manifest_weight
+
         self.retriever = retriever
         self.reranker = reranker
+        self.retrieval_weight = (float(retrieval_weight) if retrieval_weight is not None
+                                 else manifest_weight(getattr(reranker, "manifest", None)) if reranker is not None
+                                 else 0.0)
+        if not 0.0 <= self.retrieval_weight <= 1.0:
+            raise ShoprankError(f"retrieval weight must lie in [0, 1], got {self.retrieval_weight}")
         self.backend = "torch" if getattr(reranker or retriever.encoder, "needs_torch", True) else "onnx"
         self.precision = getattr(reranker, "precision", "fp32")
         self.weights = dict(weights) if weights else None
@@ -257,6 +269,7 @@ class TwoStageSearcher:
                "retriever_model": str(getattr(self.retriever.encoder, "model_id", ""))}
         if self.reranker is not None:
             ids["reranker"] = str(self.reranker.manifest.get("id", ""))
+            ids["fusion"] = f"retrieval_weight={self.retrieval_weight:g}"
         ids["backend"] = f"{self.backend}-{self.precision}"
         return ids
 
@@ -270,13 +283,17 @@ class TwoStageSearcher:
         return self._titles[row] if row is not None else ""
 
     # ---------------------------------------------------------------- scoring
-    def _rerank(self, query: str, product_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Task probabilities (n, tasks) and fused scores (n,) for one query's products."""
-        from rerank.fusion import fuse
+    def _rerank(self, query: str, product_ids: Sequence[str],
+                retrieval_scores: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Task probabilities (n, tasks) and ranking scores (n,) for one query's products:
+        the fused task score, blended with ``retrieval_scores`` when given and weighted."""
+        from rerank.fusion import blend, fuse
 
         texts = [self.catalog.text(self._row[pid]) for pid in product_ids]
         probs = np.asarray(self.reranker.predict([query] * len(texts), texts), dtype=np.float32)
         scores = np.asarray(fuse(probs, self.tasks, self.weights), dtype=np.float64)
+        if retrieval_scores is not None and self.retrieval_weight > 0.0:
+            scores = blend(scores, retrieval_scores, 1.0 - self.retrieval_weight)
         return probs, scores
 
     def search(self, query: str, k: int = 10, candidates: int = 100) -> list[SearchHit]:
@@ -302,7 +319,7 @@ class TwoStageSearcher:
                 results.append([SearchHit(i + 1, pid, self.title(pid), float(s), {}, float(s))
                                 for i, (pid, s) in enumerate(zip(ids[:k], rscores))])
                 continue
-            probs, fused = self._rerank(query, ids)
+            probs, fused = self._rerank(query, ids, rscores)
             order = sorted(range(len(ids)), key=lambda i: (-fused[i], i))[:k]
             results.append([
                 SearchHit(rank, ids[i], self.title(ids[i]), float(rscores[i]),
@@ -315,7 +332,8 @@ class TwoStageSearcher:
         """Rerank scores for given (query, product) pairs, in the given order (no retrieval).
 
         Unknown product ids are a :class:`DataError`, since a score for a product the model
-        has no text for would be made up.
+        has no text for would be made up. Given pairs have no retrieval score, so ``score``
+        is the reranker's fused score without the first-stage blend.
         """
         if self.reranker is None:
             raise ArtifactError("scoring given (query, product_id) pairs needs a trained reranker")

@@ -3,11 +3,15 @@
 Independent of retrieval/: retriever candidates arrive as a plain ``{query: [product_id, ...]}``
 dict computed by the caller (pipeline/), never by importing stage 1.
 
-Examples per query:
+Examples come in **query groups** (column ``group``, one integer per query): the list a
+listwise loss compares, and the unit the trainer's batch sampler keeps whole. Per query:
 
-* **shown** pairs — every engagement row (engaged *and* shown-but-skipped products), with
-  their counts; skipped rows are the most informative negatives we have, because the
-  product was judged good enough to show and still lost;
+* **shown** pairs — engagement rows, engaged *and* shown-but-skipped, with their counts;
+  skipped rows are the most informative negatives we have, because the product was judged
+  good enough to show and still lost. ``max_shown_per_query`` bounds the list (training
+  cost grows with it) while keeping a floor of skipped rows: engaged rows may take at most
+  half of the slots (rounded up), so a list never degenerates into "everything here was clicked", which
+  leaves nothing to rank within the query;
 * **sampled** negatives — ``negatives`` products per query drawn from the retriever's
   candidates that were never shown for it (or from the whole catalog when no candidates are
   given), with zero counts. They teach the model about the hard look-alikes it will
@@ -51,23 +55,27 @@ def _shown_rows(engagement: pd.DataFrame, queries: Sequence[str]) -> pd.DataFram
     return shown.reset_index(drop=True)
 
 
-def _cap_skipped(shown: pd.DataFrame, max_shown: int | None, rng: np.random.Generator) -> pd.DataFrame:
-    """Keep every engaged row, and random skipped rows up to ``max_shown`` rows per query.
+def _limit_shown(shown: pd.DataFrame, max_shown: int | None, rng: np.random.Generator) -> pd.DataFrame:
+    """At most ``max_shown`` shown rows per query, at least half of them skipped when possible.
 
-    Why: skipped rows outnumber engaged ones ~2:1 and cost as much to train on; capping
-    them is the cheapest way to make a CPU training run short without losing positives.
+    Why a floor of skipped rows rather than "engaged rows first": engaged rows are about half
+    of what a query shows, so keeping them first fills every slot with engaged products and
+    the model never sees a shown product losing within its own query. Skipped rows are
+    guaranteed ``max_shown // 2`` slots (when the query has that many), engaged rows fill the
+    rest, and skipped rows take any slots engaged ones leave; both are sampled by the seeded
+    ``rng``.
     """
     if max_shown is None:
         return shown
     engaged = shown["clicks"].to_numpy() > 0
-    keep = engaged.copy()
+    keep = np.zeros(len(shown), dtype=bool)
     for _, idx in shown.groupby("query", sort=False).indices.items():
-        n_engaged = int(engaged[idx].sum())
-        skipped = idx[~engaged[idx]]
-        room = max(0, max_shown - n_engaged)
-        if len(skipped) > room:
-            skipped = np.sort(rng.choice(skipped, size=room, replace=False))
-        keep[skipped] = True
+        pos, neg = idx[engaged[idx]], idx[~engaged[idx]]
+        n_neg = min(len(neg), max_shown // 2)
+        n_pos = min(len(pos), max_shown - n_neg)
+        n_neg = min(len(neg), max_shown - n_pos)  # skipped rows take what engaged ones leave
+        for rows, n in ((pos, n_pos), (neg, n_neg)):
+            keep[rng.choice(rows, size=n, replace=False) if n < len(rows) else rows] = True
     return shown[keep].reset_index(drop=True)
 
 
@@ -108,13 +116,16 @@ def build_examples(engagement: pd.DataFrame, catalog: pd.DataFrame, queries: Seq
     texts = text_lookup(catalog)
     rng = np.random.default_rng(seed)
     all_shown = _shown_rows(engagement, queries)
-    shown = _cap_skipped(all_shown, max_shown_per_query, rng)
+    shown = _limit_shown(all_shown, max_shown_per_query, rng)
     # never sample a product that *was* shown (even one the cap dropped) as a zero-count negative
     sampled = _sampled_negatives(list(queries), all_shown, list(texts), candidates, negatives, rng)
     frame = pd.concat([shown, sampled], ignore_index=True) if len(sampled) else shown.reset_index(drop=True)
     frame = frame[frame["product_id"].isin(texts)].reset_index(drop=True)
     if frame.empty:
         raise DataError("engagement: no (query, product) pairs for the training queries match the catalog")
+    order = {q: i for i, q in enumerate(dict.fromkeys(queries))}
+    frame["group"] = frame["query"].map(order).astype(np.int64)
+    frame = frame.sort_values("group", kind="stable").reset_index(drop=True)
     frame["text"] = frame["product_id"].map(texts)
     imps = frame["impressions"].to_numpy(dtype=np.float64)
     for task in tasks:

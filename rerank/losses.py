@@ -1,4 +1,5 @@
-"""The multi-task loss: weighted per-task binary cross-entropy on log-probabilities.
+"""The multi-task loss: per task, a pointwise binary cross-entropy and/or a listwise softmax
+cross-entropy over each query's list, both on log-probabilities.
 
 Why on log-probabilities rather than logits: with funnel heads the model's output for
 purchase is ``log p(click) + log p(cart|click) + log p(purchase|cart)``; there is no single
@@ -7,6 +8,13 @@ numerically stable ``log1mexp`` so tiny purchase probabilities never underflow t
 
 Labels may be soft (engagement *rates*) with per-example weights (impressions): then the
 loss is the exact binomial log-likelihood of the observed counts, up to a constant.
+
+Why a listwise term: the pointwise likelihood is minimised by predicting each query's base
+rate, and on engagement logs that is most of what it can explain, so a model trained on it
+alone barely orders the products *within* a query, which is the reranker's whole job. The
+listwise term (ListNet, Cao et al. ICML 2007, as in sentence-transformers' ``ListNetLoss``)
+compares the products of one query directly. The pointwise term stays next to it so the
+probabilities remain calibrated: ``loss_t = λ_rank·listwise_t + λ_point·pointwise_t``.
 
 The per-task losses are combined either with fixed weights or with learned homoscedastic
 uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018): ``Σ exp(-s_t)·L_t + s_t`` with a
@@ -35,16 +43,60 @@ def weighted_bce(logp: torch.Tensor, target: torch.Tensor, weight: torch.Tensor)
     return (nll * weight).sum() / weight.sum().clamp(min=1e-12)
 
 
-class MultiTaskLoss(nn.Module):
-    """Per-task BCE combined by fixed weights or learned uncertainty weighting.
+OBJECTIVES = ("pointwise", "listwise", "both")
 
+
+def listwise_softmax_ce(scores: torch.Tensor, gains: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """ListNet loss: mean over query groups of the cross-entropy between the softmax of the
+    scores within the group and the target distribution ``gains / sum(gains)``.
+
+    ``scores`` (n,) are log-probabilities, so the softmax is ``p_i / Σ_j p_j``: the model's
+    share of the group's engagement, matched against the observed share. Groups whose gains
+    are all zero say nothing about order for this task and are skipped (a batch with none
+    gives a zero that still carries the graph). Unlike sentence-transformers, whose target is
+    ``softmax(labels)``, the target here is the normalised gain: engagement rates lie in
+    [0, 1], where a softmax would be nearly uniform and hide the order.
+    """
+    _, local = torch.unique(groups, return_inverse=True)
+    n_groups = int(local.max()) + 1 if len(local) else 0
+    sizes = torch.bincount(local, minlength=n_groups)
+    slot = torch.zeros_like(local)
+    order = torch.argsort(local, stable=True)
+    starts = torch.cumsum(sizes, 0) - sizes
+    slot[order] = torch.arange(len(local), device=local.device) - starts.repeat_interleave(sizes)
+    width = int(sizes.max()) if n_groups else 0
+    score_mat = torch.full((n_groups, width), -1e16, dtype=scores.dtype, device=scores.device)
+    gain_mat = torch.zeros((n_groups, width), dtype=scores.dtype, device=scores.device)
+    score_mat[local, slot] = scores
+    gain_mat[local, slot] = gains.to(scores.dtype).clamp(min=0.0)
+    total = gain_mat.sum(1)
+    has_positive = total > 0
+    if not bool(has_positive.any()):
+        return scores.sum() * 0.0
+    target = gain_mat[has_positive] / total[has_positive, None]
+    log_softmax = torch.log_softmax(score_mat[has_positive], dim=1)
+    return -(target * log_softmax).sum(1).mean()
+
+
+class MultiTaskLoss(nn.Module):
+    """Per-task pointwise BCE and/or listwise ListNet, combined across tasks by fixed weights
+    or learned uncertainty weighting.
+
+    ``objective``: ``"pointwise"`` (BCE only, ``groups`` unused), ``"listwise"`` (ListNet
+    only) or ``"both"`` (``rank_weight·listwise + point_weight·pointwise`` per task).
     ``forward`` returns ``(total, per_task)`` so the trainer can log each task's running loss.
     """
 
     def __init__(self, tasks: Sequence[str], task_weights: Sequence[float] | None = None,
-                 uncertainty: bool = False) -> None:
+                 uncertainty: bool = False, objective: str = "pointwise", rank_weight: float = 1.0,
+                 point_weight: float = 1.0) -> None:
         super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
         self.tasks = tuple(tasks)
+        self.objective = objective
+        self.rank_weight = float(rank_weight) if objective != "pointwise" else 0.0
+        self.point_weight = float(point_weight) if objective != "listwise" else 0.0
         weights = list(task_weights) if task_weights is not None else [1.0] * len(self.tasks)
         if len(weights) != len(self.tasks):
             raise ValueError(f"{len(weights)} task weights for {len(self.tasks)} tasks")
@@ -52,9 +104,22 @@ class MultiTaskLoss(nn.Module):
         self.uncertainty = uncertainty
         self.log_vars = nn.Parameter(torch.zeros(len(self.tasks))) if uncertainty else None
 
-    def forward(self, logp: torch.Tensor, labels: torch.Tensor,
-                weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        per_task = torch.stack([weighted_bce(logp[:, t], labels[:, t], weights) for t in range(len(self.tasks))])
+    def task_loss(self, logp: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+                  groups: torch.Tensor | None) -> torch.Tensor:
+        """One task's combined loss (1-D inputs)."""
+        loss = logp.sum() * 0.0
+        if self.point_weight:
+            loss = loss + self.point_weight * weighted_bce(logp, labels, weights)
+        if self.rank_weight:
+            if groups is None:
+                raise ValueError(f"objective {self.objective!r} needs query groups in the batch")
+            loss = loss + self.rank_weight * listwise_softmax_ce(logp, labels, groups)
+        return loss
+
+    def forward(self, logp: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+                groups: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        per_task = torch.stack([self.task_loss(logp[:, t], labels[:, t], weights, groups)
+                                for t in range(len(self.tasks))])
         if self.log_vars is not None:
             total = (torch.exp(-self.log_vars) * per_task * self.task_weights + self.log_vars).sum()
         else:

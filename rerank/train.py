@@ -5,7 +5,11 @@ sampler, LR schedule with warm-up, gradient clipping, progress bar and logging a
 Trainer's, well tested. We only add what is specific to us:
 
 * :class:`RerankTrainer.compute_loss` — the weighted multi-task loss (:mod:`rerank.losses`),
-  keeping running per-task losses that are shown in the progress bar's log lines;
+  pointwise, listwise or both, keeping running per-task losses that are shown in the
+  progress bar's log lines;
+* :meth:`RerankTrainer.get_train_dataloader` — batches of whole query groups
+  (:mod:`rerank.batching`) instead of shuffled rows, so a listwise loss sees each query's
+  full list; seeded by ``data_seed`` like the Trainer's own sampler;
 * :meth:`RerankTrainer.evaluate` — our ranking evaluator (:mod:`rerank.evaluation`) instead
   of a loss over an eval set, run once per epoch;
 * :class:`KeepBestCallback` — remembers the weights of the best epoch (by the evaluator's
@@ -26,16 +30,18 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from pipeline.artifacts import fingerprint_frame
 from pipeline.data import Dataset
 from pipeline.errors import DataError
 from pipeline.runtime import seed_everything
+from rerank.batching import GroupBatchSampler
 from rerank.data import build_eval_pairs, build_examples
 from rerank.evaluation import EngagementEvaluator
 from rerank.heads import TASKS
-from rerank.losses import MultiTaskLoss
+from rerank.losses import OBJECTIVES, MultiTaskLoss
 from rerank.model import HeadConfig, MultiTaskCrossEncoder
 
 
@@ -52,7 +58,8 @@ class _TrainModule(nn.Module):
 
 
 class _PairCollator:
-    """Tokenises (query, text) pairs per batch: dynamic padding, labels and weights as tensors."""
+    """Tokenises (query, text) pairs per batch: dynamic padding; labels, weights and query
+    groups as tensors."""
 
     def __init__(self, model: MultiTaskCrossEncoder) -> None:
         self.model = model
@@ -61,11 +68,12 @@ class _PairCollator:
         batch = dict(self.model.tokenize([r["query"] for r in rows], [r["text"] for r in rows]))
         batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.float32)
         batch["weights"] = torch.tensor([r["weight"] for r in rows], dtype=torch.float32)
+        batch["groups"] = torch.tensor([r["group"] for r in rows], dtype=torch.long)
         return batch
 
 
 class RerankTrainer(Trainer):
-    """``Trainer`` with the multi-task loss and the ranking evaluator."""
+    """``Trainer`` with the multi-task loss, query-group batches and the ranking evaluator."""
 
     def __init__(self, *args: Any, evaluator: EngagementEvaluator, tasks: Sequence[str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -74,13 +82,29 @@ class RerankTrainer(Trainer):
         self._running = np.zeros(len(self.tasks))
         self._running_n = 0
 
+    def get_train_dataloader(self) -> DataLoader:
+        """Whole query groups per batch (about ``per_device_train_batch_size`` rows each).
+
+        Built like the Trainer's own loader (collator, workers, ``accelerator.prepare``), but
+        with a batch sampler: the base class only hands its own samplers over as batch
+        samplers, and a row sampler would cut query lists apart.
+        """
+        dataset = self.train_dataset
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        sampler = GroupBatchSampler.for_rows([row["group"] for row in dataset], self.args.per_device_train_batch_size,
+                                             seed=seed)
+        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=self.data_collator,
+                            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
+        return self.accelerator.prepare(loader)
+
     def compute_loss(self, model: nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> torch.Tensor | tuple[torch.Tensor, Any]:
         module = model.module if hasattr(model, "module") else model
         labels = inputs.pop("labels")
         weights = inputs.pop("weights")
+        groups = inputs.pop("groups", None)
         logp = module.model(**inputs)
-        total, per_task = module.loss(logp, labels, weights)
+        total, per_task = module.loss(logp, labels, weights, groups)
         self._running += per_task.cpu().numpy()
         self._running_n += 1
         return (total, logp) if return_outputs else total
@@ -153,13 +177,18 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
                    negatives: int = 4, task_weights: Sequence[float] | None = None, uncertainty: bool = False,
                    n_experts: int = 4, max_queries: int | None = None, max_valid_queries: int | None = None,
                    max_shown_per_query: int | None = None, eval_batch_size: int = 128,
+                   objective: str = "pointwise", rank_weight: float = 1.0, point_weight: float = 1.0,
                    progress: bool = True) -> dict[str, Any]:
     """Train, validate per epoch, keep the best epoch, save to ``out_dir``; return a report.
 
     ``candidates``: retriever top-N per train/valid query (computed by the caller); sampled
     negatives and extra validation pairs come from them. ``None`` = random catalog negatives.
+    ``objective``: ``pointwise`` | ``listwise`` | ``both`` (:class:`rerank.losses.MultiTaskLoss`,
+    ``rank_weight`` = λ_rank, ``point_weight`` = λ_point); batches always hold whole queries.
     """
     _require(dataset)
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
     tasks = list(tasks)
     HeadConfig(tasks=tasks, architecture=architecture, heads=heads, n_experts=n_experts,
                max_length=max_length).validate()  # fail before any data or weights are loaded
@@ -178,18 +207,19 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
     torch.manual_seed(seed)
     model = MultiTaskCrossEncoder.from_encoder(encoder, tasks=tasks, architecture=architecture, heads=heads,
                                                n_experts=n_experts, max_length=max_length)
-    loss = MultiTaskLoss(tasks, task_weights, uncertainty)
+    loss = MultiTaskLoss(tasks, task_weights, uncertainty, objective=objective, rank_weight=rank_weight,
+                         point_weight=point_weight)
     module = _TrainModule(model, loss)
     label_cols = [f"y_{t}" for t in tasks]
-    train_rows = [{"query": q, "text": t, "labels": list(map(float, y)), "weight": float(w)}
-                  for q, t, y, w in zip(examples["query"], examples["text"],
-                                        examples[label_cols].to_numpy(), examples["weight"])]
+    train_rows = [{"query": q, "text": t, "labels": list(map(float, y)), "weight": float(w), "group": int(g)}
+                  for q, t, y, w, g in zip(examples["query"], examples["text"], examples[label_cols].to_numpy(),
+                                           examples["weight"], examples["group"])]
     head_params = list(model.head.parameters()) + list(loss.parameters())
     optimizer = torch.optim.AdamW([
         {"params": list(model.encoder.parameters()), "lr": learning_rate},
         {"params": head_params, "lr": head_learning_rate},
     ], weight_decay=0.01)
-    steps_per_epoch = max(1, -(-len(train_rows) // batch_size))
+    steps_per_epoch = len(GroupBatchSampler.for_rows(examples["group"].tolist(), batch_size))
     keep_best = KeepBestCallback()
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="rerank-trainer-") as tmp:
@@ -217,8 +247,12 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
     data_fp = fingerprint_frame(examples, ["query", "product_id", "source"] + label_cols + ["weight"])
     report: dict[str, Any] = {
         "out_dir": str(out_dir), "tasks": tasks, "architecture": architecture, "heads": heads,
-        "label_mode": label_mode, "seed": seed, "max_length": max_length, "negatives": negatives, "epochs": epochs, "best_epoch": keep_best.best_epoch,
+        "label_mode": label_mode, "objective": objective,
+        "loss_weights": {"rank": loss.rank_weight, "point": loss.point_weight}, "seed": seed,
+        "max_length": max_length, "negatives": negatives, "max_shown_per_query": max_shown_per_query,
+        "epochs": epochs, "best_epoch": keep_best.best_epoch,
         "train_queries": len(train_q), "valid_queries": len(valid_q), "train_examples": len(examples),
+        "train_skipped_rows": int(((examples["source"] == "shown") & (examples["clicks"] == 0)).sum()),
         "valid_pairs": len(valid_pairs), "steps": trainer.state.global_step,
         "train_seconds": round(train_seconds, 1), "validation": best, "history": history,
         "encoder": str(encoder) if encoder else "bundled all-MiniLM-L6-v2",

@@ -37,6 +37,8 @@ def test_bad_options_are_one_line_errors(tiny_data_dir: Path, tmp_path: Path) ->
     _one_line_error(proc, "unknown architecture")
     proc = _run("train-reranker", "--data", str(tiny_data_dir), "--tasks", "purchase,click", "--out", "m", cwd=tmp_path)
     _one_line_error(proc, "funnel order")
+    proc = _run("train-reranker", "--data", str(tiny_data_dir), "--objective", "pairwise", "--out", "m", cwd=tmp_path)
+    _one_line_error(proc, "unknown objective")
     assert not (tmp_path / "m").exists()
 
 

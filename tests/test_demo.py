@@ -22,7 +22,11 @@ def test_quick_demo_builds_everything_at_default_paths(demo_run):
 def test_quick_demo_evaluation_and_examples(demo_run):
     _, report = demo_run
     rows = {(r["system"], r["subset"]): r for r in report["evaluation"]["rows"]}
-    assert {s for s, _ in rows} == {"bm25", "dense-zero-shot", "dense-fine-tuned", "two-stage"}
+    assert {s for s, _ in rows} == {"bm25", "dense-zero-shot", "dense-fine-tuned", "two-stage", "oracle-rerank"}
+    assert rows[("oracle-rerank", "all")]["nDCG@10"] >= rows[("dense-fine-tuned", "all")]["nDCG@10"]
+    paired = {p["system"]: p for p in report["evaluation"]["paired"]}
+    assert paired["two-stage"]["baseline"] == "dense-fine-tuned"
+    assert paired["two-stage"]["ci_low"] <= paired["two-stage"]["diff"] <= paired["two-stage"]["ci_high"]
     # Vocabulary mismatch: BM25 cannot match what shares no word; the dense retriever can.
     assert rows[("dense-fine-tuned", "mismatch")]["nDCG@10"] > rows[("bm25", "mismatch")]["nDCG@10"]
     summary = report["example_summary"]
@@ -39,3 +43,11 @@ def test_quick_demo_scored_log_carries_model_ids(demo_run):
     meta = json.loads(pq.read_schema(root / "runs/scored.parquet").metadata[b"shoprank"])
     assert meta["models"]["reranker"] == read_manifest(root / "models/reranker")["id"]
     assert meta["models"]["index"] == read_manifest(root / "indexes/default")["id"]
+
+
+def test_quick_demo_fits_the_first_stage_blend_on_valid(demo_run):
+    root, report = demo_run
+    fusion = read_manifest(root / "models/reranker")["fusion"]
+    assert fusion["split"] == "valid" and 0.0 <= fusion["retrieval_weight"] <= 1.0
+    assert fusion["retrieval_weight"] == report["fusion"]["retrieval_weight"]
+    assert set(fusion["by_alpha"]) >= {"0", "1"}

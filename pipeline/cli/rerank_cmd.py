@@ -1,6 +1,6 @@
 """Rerank commands: `train-reranker`, `adapt-lm`, `compare-rerankers`.
 
-Thin: parse, call one library function (:func:`rerank.train.train_reranker`,
+Thin: parse, call one library function (:func:`pipeline.blend.train_reranker_on_index`,
 :func:`rerank.adapt.adapt_lm`, :func:`pipeline.compare.compare_rerankers`), print a table or
 ``--json``. torch/transformers/pandas are imported inside the commands (fast --help).
 """
@@ -64,23 +64,27 @@ def train_reranker_cmd(
     max_length: int = typer.Option(32, "--max-length", min=8, help="Max tokens per (query, product) pair."),
     negatives: int = typer.Option(4, "--negatives", min=0, help="Sampled negatives per query."),
     max_queries: Optional[int] = typer.Option(None, "--max-queries", min=1, help="Subsample train queries (speed)."),
-    max_shown: Optional[int] = typer.Option(None, "--max-shown", min=1, help="Cap shown rows per query (all engaged kept)."),
+    max_shown: Optional[int] = typer.Option(None, "--max-shown", min=1, help="Shown rows per query (at most half engaged, the rest skipped)."),
+    objective: str = typer.Option("pointwise", "--objective", help="pointwise (funnel BCE) | listwise (ListNet per query) | both."),
+    index: Optional[Path] = typer.Option(None, "--index", help="Index whose retriever gives candidates; also fits the first-stage blend on valid."),
+    candidates: int = typer.Option(50, "--candidates", min=1, help="Retriever candidates per query (with --index)."),
     seed: int = typer.Option(DEFAULT_SEED, "--seed"),
     json_out: bool = _JSON,
 ) -> None:
     """Train the multi-task cross-encoder (click / add-to-cart / purchase) on engagement logs."""
-    from rerank.train import public_report, train_reranker
+    from pipeline.blend import train_reranker_on_index
+    from rerank.train import public_report
 
     dataset = _load(data, catalog, engagement, queries)
     try:
         weights = [float(w) for w in task_weights.split(",")] if task_weights else None
         with _to_stderr():
-            report = train_reranker(dataset, out, encoder=encoder, architecture=architecture, heads=heads,
-                                    tasks=[t.strip() for t in tasks.split(",") if t.strip()], label_mode=label_mode,
-                                    task_weights=weights, uncertainty=uncertainty, epochs=epochs,
-                                    batch_size=batch_size, max_length=max_length, negatives=negatives,
-                                    max_queries=max_queries, max_shown_per_query=max_shown, seed=seed,
-                                    progress=not json_out)
+            report = train_reranker_on_index(
+                dataset, out, index_dir=index, candidates=candidates, objective=objective, encoder=encoder,
+                architecture=architecture, heads=heads, tasks=[t.strip() for t in tasks.split(",") if t.strip()],
+                label_mode=label_mode, task_weights=weights, uncertainty=uncertainty, epochs=epochs,
+                batch_size=batch_size, max_length=max_length, negatives=negatives, max_queries=max_queries,
+                max_shown_per_query=max_shown, seed=seed, progress=not json_out)
     except ValueError as exc:
         _bad(exc)
     report = public_report(report)
@@ -90,6 +94,8 @@ def train_reranker_cmd(
         return
     print_table([{"metric": k, "value": v} for k, v in report["validation"].items()],
                 title=f"validation (best epoch {report['best_epoch']})")
+    if "fusion" in report:
+        info(f"first-stage blend: retrieval weight {report['fusion']['retrieval_weight']:g} (fitted on valid)")
 
 
 @app.command("adapt-lm")

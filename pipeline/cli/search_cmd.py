@@ -177,7 +177,7 @@ def evaluate(
     engagement: Optional[Path] = typer.Option(None, "--engagement", help="Explicit engagement file."),
     index_dir: Path = _INDEX,
     reranker: Path = _RERANKER,
-    systems: str = typer.Option("bm25,dense-zero-shot,dense-fine-tuned,two-stage", "--systems",
+    systems: str = typer.Option("bm25,dense-zero-shot,dense-fine-tuned,two-stage,oracle-rerank", "--systems",
                                 help="Comma-separated systems to evaluate."),
     candidates: int = typer.Option(100, "--candidates", min=1, help="Candidates the two-stage system reranks."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Write TREC run files + qrels here."),
@@ -200,6 +200,11 @@ def print_evaluation(report: dict[str, Any]) -> None:
     """The evaluation table (+ per-task table); shared with the demo command."""
     print_table(report["rows"], title=f"Evaluation on {report['split']} ({report['queries']} queries, "
                                       f"{report['mismatch_queries']} vocabulary-mismatch)")
+    if report.get("headroom") is not None:
+        typer.echo(f"stage-2 headroom: oracle reranking of dense's top {report['candidates']} beats dense by "
+             f"{report['headroom']:+.3f} nDCG@10")
+    if report.get("paired"):
+        print_table(report["paired"], title="Paired bootstrap over queries: system - baseline (95% interval)")
     if report.get("tasks"):
         print_table(report["tasks"], title="Reranker per-task engagement metrics (ROC AUC)")
     if report.get("run_dir"):
@@ -222,6 +227,9 @@ def demo(
         emit_json(report)
         return
     print_evaluation(report["evaluation"])
+    if report.get("fusion"):
+        info(f"two-stage blends the retrieval score with weight {report['fusion']['retrieval_weight']:g} "
+             "(fitted on the valid split)")
     for example in report["examples"]:
         print_table(example["hits"], title=f"{example['query']!r} (vocabulary mismatch: {example['why']})",
                     columns=["rank", "product_id", "title", "relevance", "p_click", "p_add_to_cart",

@@ -1,0 +1,107 @@
+"""Fit the first-stage blend of a trained reranker, and train a reranker against an index.
+
+Why in pipeline/: fitting the blend needs both stages (the retriever's candidates and scores,
+the reranker's probabilities), and the stages never import each other. The arithmetic lives
+in :mod:`rerank.fusion` (:func:`~rerank.fusion.blend`, :func:`~rerank.fusion.fit_alpha`);
+this module only gathers the inputs the searcher will see at serving time (the retriever's
+top ``candidates`` for each valid query) and writes the fitted weight into the reranker's
+manifest, where every serving path reads it.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from pipeline.data import Dataset, qrels_dict
+from pipeline.errors import DataError
+
+#: Grades for the engagement fallback when a dataset has no qrels: deeper funnel = better.
+_ENGAGEMENT_GRADES = (("purchases", 3), ("add_to_carts", 2), ("clicks", 1))
+
+
+def retriever_candidates(retriever: Any, queries: Sequence[str],
+                         k: int) -> tuple[dict[str, list[str]], dict[str, np.ndarray]]:
+    """Top-``k`` product ids and their retrieval scores per query."""
+    ids, scores = retriever.search(list(queries), k=k)
+    return ({q: [str(p) for p in row] for q, row in zip(queries, ids)},
+            {q: np.asarray(sc, dtype=np.float64)[: len(row)] for q, row, sc in zip(queries, ids, scores)})
+
+
+def _grades(dataset: Dataset, queries: Sequence[str]) -> tuple[dict[str, dict[str, int]], str]:
+    """Graded judgements for ``queries``: the qrels, else grades derived from engagement."""
+    if dataset.qrels is not None:
+        return qrels_dict(dataset.qrels), "qrels"
+    if dataset.engagement is None:
+        raise DataError("fitting the blend needs qrels or an engagement log for the valid queries")
+    rows = dataset.engagement[dataset.engagement["query"].isin(set(queries))]
+    out: dict[str, dict[str, int]] = {}
+    for row in rows.itertuples(index=False):
+        grade = next((g for col, g in _ENGAGEMENT_GRADES if getattr(row, col) > 0), 0)
+        out.setdefault(str(row.query), {})[str(row.product_id)] = grade
+    return out, "engagement"
+
+
+def fit_fusion(dataset: Dataset, reranker: Any, retriever: Any, *,
+               reranker_dir: str | os.PathLike[str] | None = None, split: str = "valid", candidates: int = 50,
+               weights: Mapping[str, float] | None = None, batch_size: int = 128) -> dict[str, Any]:
+    """Fit the reranker weight of the first-stage blend on ``split`` and (with
+    ``reranker_dir``) record it in that reranker's manifest; return the fit.
+
+    The candidate lists are exactly what :class:`pipeline.search.TwoStageSearcher` reranks
+    (retriever top ``candidates``), so the weight is fitted on the scores it will blend.
+    """
+    from rerank.data import text_lookup
+    from rerank.fusion import fit_alpha, fuse, save_fusion
+
+    queries = dataset.split_queries(split)
+    if not queries:
+        raise DataError(f"queries: no rows with split == {split!r} to fit the blend on")
+    qrels, graded_by = _grades(dataset, queries)
+    queries = [q for q in queries if q in qrels]
+    if not queries:
+        raise DataError(f"no judgements (qrels or engagement) for the {split!r} queries")
+    cand_ids, cand_scores = retriever_candidates(retriever, queries, candidates)
+    texts = text_lookup(dataset.catalog)
+    flat = [(q, p, s) for q in queries for p, s in zip(cand_ids[q], cand_scores[q]) if p in texts]
+    if not flat:
+        raise DataError(f"the retriever returned no catalog products for the {split!r} queries")
+    q_col, p_col, r_col = (list(col) for col in zip(*flat))
+    probs = np.asarray(reranker.predict(q_col, [texts[p] for p in p_col], batch_size=batch_size))
+    rerank_score = fuse(probs, list(reranker.tasks), weights)
+    fit = fit_alpha(q_col, p_col, rerank_score, np.asarray(r_col), qrels)
+    fit.update({"split": split, "candidates": candidates, "graded_by": graded_by})
+    if reranker_dir is not None:
+        save_fusion(reranker_dir, fit)
+    return fit
+
+
+def train_reranker_on_index(dataset: Dataset, out_dir: str | os.PathLike[str], *,
+                            index_dir: str | os.PathLike[str] | None = None, candidates: int = 50,
+                            retriever: Any = None, **train_kwargs: Any) -> dict[str, Any]:
+    """Train a reranker on retriever candidates, then fit and save its first-stage blend.
+
+    Without ``index_dir`` or ``retriever`` this is :func:`rerank.train.train_reranker` with
+    catalog-sampled negatives and no blend (there is no first stage to blend with).
+    """
+    from rerank.train import train_reranker
+
+    if retriever is None and index_dir is not None:
+        from retrieval.index import Retriever
+
+        retriever = Retriever.load(index_dir)
+    if retriever is None:
+        return train_reranker(dataset, out_dir, **train_kwargs)
+    if dataset.queries is None:
+        raise DataError("train-reranker needs a queries table with a split column (queries.parquet or --queries)")
+    queries = dataset.split_queries("train") + dataset.split_queries("valid")
+    cand_ids, _ = retriever_candidates(retriever, queries, candidates)
+    report = train_reranker(dataset, out_dir, candidates=cand_ids, **train_kwargs)
+    report["fusion"] = fit_fusion(dataset, report["model"], retriever, reranker_dir=out_dir, candidates=candidates)
+    report["model"].manifest["fusion"] = report["fusion"]  # the in-memory model blends like a reloaded one
+    return report
+
+
+__all__ = ["fit_fusion", "retriever_candidates", "train_reranker_on_index"]
