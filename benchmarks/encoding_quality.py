@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.runtime import import_faiss  # noqa: E402
+from pipeline.core.runtime import import_faiss  # noqa: E402
 
 faiss = import_faiss()
 
@@ -47,11 +47,11 @@ def bootstrap_ci(diffs: np.ndarray, rounds: int = 2000, seed: int = 0) -> list[f
 def main() -> None:
     from sentence_transformers import SentenceTransformer
 
-    from pipeline.artifacts import sha256_file
+    from pipeline.core.artifacts import sha256_file
     from pipeline.data import load_dataset, product_text, qrels_dict
-    from pipeline.metrics import per_query
-    from pipeline.onnx_support import GRAPH_FILES, ONNX_DIR, make_session
-    from pipeline.sample import write_sample
+    from pipeline.core.metrics import per_query
+    from pipeline.core.onnx import GRAPH_FILES, ONNX_DIR, make_session
+    from pipeline.world.sample import write_sample
     from retrieval.encoder import verify_model_folder
     from retrieval.onnx_encoder import OnnxBiEncoder
 

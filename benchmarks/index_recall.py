@@ -142,7 +142,7 @@ def _time_single(search, queries: np.ndarray, warmup: np.ndarray, k: int) -> dic
 def run_one(kind: str, data_dir: Path, work_dir: Path, k: int, params: dict[str, Any],
             build_threads: int, search_threads: int) -> dict[str, Any]:
     """Build, measure and search one index in this (child) process; returns its result dict."""
-    from pipeline.runtime import import_faiss
+    from pipeline.core.runtime import import_faiss
 
     faiss = import_faiss()
     if build_threads > 0:
@@ -234,7 +234,7 @@ def spawn_one(kind: str, data_dir: Path, work_dir: Path, k: int, params: dict[st
 
 
 def machine_info() -> dict[str, Any]:
-    from pipeline.runtime import import_faiss
+    from pipeline.core.runtime import import_faiss
 
     faiss = import_faiss()
     info: dict[str, Any] = {"cores_available": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(),

@@ -2,7 +2,7 @@
 
 Reranks the index's top-``--candidates`` for every test query of ``--data`` with the reranker
 in fp32 (ONNX Runtime fp32 = torch fp32 to 1e-6), ONNX Runtime int8 (the product's int8
-path: constant-weight MatMuls, per-channel, 7-bit; see ``pipeline.onnx_support.INT8_SETTINGS``)
+path: constant-weight MatMuls, per-channel, 7-bit; see ``pipeline.core.onnx.INT8_SETTINGS``)
 and torch dynamic int8, and reports nDCG@10 (graded by the qrels) and the drop against fp32.
 
     python benchmarks/int8_quality.py --data data/sample --index indexes/default --reranker models/reranker
@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.runtime import import_torch  # noqa: E402
+from pipeline.core.runtime import import_torch  # noqa: E402
 
 import_torch()
 
@@ -27,8 +27,8 @@ import_torch()
 def main() -> None:
     from pipeline.data import load_dataset, qrels_dict
     from pipeline.export import export_onnx
-    from pipeline.metrics import aggregate
-    from pipeline.onnx_support import has_export
+    from pipeline.core.metrics import aggregate
+    from pipeline.core.onnx import has_export
     from pipeline.search import CatalogText
     from rerank.fusion import fuse
     from rerank.model import MultiTaskCrossEncoder

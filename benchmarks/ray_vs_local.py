@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
                              "on a busy machine, 1 avoids thread oversubscription.")
     args = parser.parse_args(argv)
     if args.torch_threads:
-        from pipeline.runtime import import_torch
+        from pipeline.core.runtime import import_torch
 
         import_torch().set_num_threads(args.torch_threads)
 

@@ -38,13 +38,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.runtime import import_faiss, import_torch  # noqa: E402
+from pipeline.core.runtime import import_faiss, import_torch  # noqa: E402
 
 import_torch()  # one import order: torch, then faiss (baselines need torch in this process)
 faiss = import_faiss()
 
 from pipeline.data import load_dataset, product_text, qrels_dict  # noqa: E402
-from pipeline.metrics import aggregate  # noqa: E402
+from pipeline.core.metrics import aggregate  # noqa: E402
 
 K = 10
 DEPTHS = (25, 50, 100)
@@ -70,7 +70,7 @@ def ndcg(runs: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]) ->
 # ----------------------------------------------------------------------------- setup
 def ensure_exports(root: Path) -> None:
     from pipeline.export import export_onnx
-    from pipeline.onnx_support import has_export
+    from pipeline.core.onnx import has_export
 
     retriever, reranker = root / "models/retriever", root / "models/reranker"
     if not (retriever / "manifest.json").is_file() or not (reranker / "manifest.json").is_file():
@@ -80,7 +80,7 @@ def ensure_exports(root: Path) -> None:
 
 
 def ensure_world(root: Path, products: int, queries: int) -> Path:
-    from pipeline.sample import write_sample
+    from pipeline.world.sample import write_sample
 
     world = root / "bench" / f"world-{products}"
     if not (world / "catalog.parquet").is_file():
@@ -109,7 +109,7 @@ def bench_encoding(root: Path, model_id: str) -> dict[str, Any]:
     """Throughput of each encoder variant on the demo catalog + its retrieval quality there."""
     from sentence_transformers import SentenceTransformer
 
-    from pipeline.onnx_support import run_session
+    from pipeline.core.onnx import run_session
     from retrieval.onnx_encoder import OnnxBiEncoder
 
     ds = load_dataset(root / "data/sample")

@@ -3,6 +3,6 @@
 Importing this package is cheap on purpose (no torch, no faiss): `pipeline --help`
 must answer in well under a second.
 """
-from pipeline.runtime import configure_environment
+from pipeline.core.runtime import configure_environment
 
 configure_environment()

@@ -39,8 +39,8 @@ from typing import Any, Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import DataError, ShoprankError
-from pipeline.lru import LRUCache
+from pipeline.core.errors import DataError, ShoprankError
+from pipeline.core.cache import LRUCache
 
 METADATA_KEY = b"shoprank"
 DEFAULT_TASKS = ("click", "add_to_cart", "purchase")
@@ -146,7 +146,7 @@ def output_schema(tasks: Sequence[str], metadata: Mapping[bytes, bytes] | None =
     return pa.schema(fields, metadata=dict(metadata) if metadata else None)
 
 
-def _check_output(output: Path) -> None:
+def check_output(output: Path) -> None:
     """Fail before any work if the output cannot be written (one line, names the directory)."""
     parent = output.parent
     if output.is_dir():
@@ -200,7 +200,7 @@ def _clean(query: str | None) -> str | None:
     return text[:MAX_QUERY_CHARS] if text else None
 
 
-class _BatchScorer:
+class BatchScorer:
     """Turns one input table into one output table (queries mode or pairs mode)."""
 
     def __init__(self, scorer: Scorer, tasks: Sequence[str], *, mode: str, k: int,
@@ -376,7 +376,7 @@ def score_logs(input_path: str | os.PathLike[str], output_path: str | os.PathLik
     input_path, output = Path(input_path), Path(output_path)
     if k < 1 or candidates < 1 or batch_size < 1:
         raise ShoprankError(f"k, candidates and batch size must be >= 1 (got {k}, {candidates}, {batch_size})")
-    _check_output(output)
+    check_output(output)
     source = _open_input(input_path, batch_size)
     if "query" not in source.columns:
         raise DataError(f"{input_path}: missing required column 'query' (found: {', '.join(source.columns) or 'none'})")
@@ -396,7 +396,7 @@ def score_logs(input_path: str | os.PathLike[str], output_path: str | os.PathLik
     parts = _parts_dir(output)
     done = _prepare_parts(parts, state, resume)
 
-    worker = _BatchScorer(searcher, tasks, mode=mode, k=k, candidates=candidates, cache_size=cache_size)
+    worker = BatchScorer(searcher, tasks, mode=mode, k=k, candidates=candidates, cache_size=cache_size)
     start_time = time.perf_counter()
     n_batches = rows_in = scored_rows = 0
     with _progress(source.total_rows, show_progress) as bar:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.data import Dataset, qrels_dict
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 
 #: Grades for the engagement fallback when a dataset has no qrels: deeper funnel = better.
 _ENGAGEMENT_GRADES = (("purchases", 3), ("add_to_carts", 2), ("clicks", 1))

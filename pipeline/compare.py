@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.artifacts import atomic_write_text
+from pipeline.core.artifacts import atomic_write_text
 from pipeline.config import DEFAULT_DATA_DIR
 from pipeline.data import Dataset, load_dataset, qrels_dict
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "single_click": {"architecture": "single", "heads": "independent", "tasks": ("click",)},

@@ -23,7 +23,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ShoprankError
+from pipeline.core.errors import ShoprankError
 
 CONFIG_FILE = "pipeline.toml"
 

@@ -21,14 +21,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.errors import DataError
-from pipeline.textutil import PRODUCT_TEXT_FIELDS, join_product_fields
+from pipeline.core.errors import DataError
+from pipeline.core.tasks import EVENTS, FUNNEL
+from pipeline.core.text import PRODUCT_TEXT_FIELDS, join_product_fields
 from pipeline.schema import Mapping, SectionMapping, load_mapping
 
 CATALOG_COLUMNS = ["product_id", "title", "description", "brand", "category", "attributes", "price"]
-ENGAGEMENT_COLUMNS = ["query", "product_id", "impressions", "clicks", "add_to_carts", "purchases"]
-FUNNEL = ["impressions", "clicks", "add_to_carts", "purchases"]
-EVENTS = {"impression": "impressions", "click": "clicks", "add_to_cart": "add_to_carts", "purchase": "purchases"}
+ENGAGEMENT_COLUMNS = ["query", "product_id", *FUNNEL]
 QUERY_COLUMNS = ["query_id", "query", "split"]
 QRELS_COLUMNS = ["query", "product_id", "relevance"]
 SPLITS = ("train", "valid", "test", "unseen")   # unseen: held-out types or categories, never trained on
@@ -66,12 +65,12 @@ def product_text_fields(catalog: pd.DataFrame) -> dict[str, list[str]]:
 
 def product_text(catalog: pd.DataFrame) -> list[str]:
     """The ONE product text template shared by the bi-encoder and the cross-encoder
-    (:func:`pipeline.textutil.join_product_fields`: title | brand | category | attributes)."""
+    (:func:`pipeline.core.text.join_product_fields`: title | brand | category | attributes)."""
     return [join_product_fields(row) for row in zip(*product_text_fields(catalog).values())]
 
 
 def qrels_dict(qrels: pd.DataFrame) -> dict[str, dict[str, int]]:
-    """``{query: {product_id: grade}}`` — the shape :mod:`pipeline.metrics` expects."""
+    """``{query: {product_id: grade}}`` — the shape :mod:`pipeline.core.metrics` expects."""
     out: dict[str, dict[str, int]] = {}
     for q, p, g in zip(qrels["query"].astype(str), qrels["product_id"].astype(str),
                        qrels["relevance"].astype("int64")):
@@ -84,11 +83,11 @@ def vocabulary_mismatch_queries(queries: pd.DataFrame, qrels: pd.DataFrame, cata
     """Query texts sharing no content word with ANY of their relevant products' text.
 
     Content words: lower-cased alphanumeric tokens minus stop words
-    (:func:`pipeline.textutil.content_words`); product text: :func:`product_text`. Queries
+    (:func:`pipeline.core.text.content_words`); product text: :func:`product_text`. Queries
     without a relevant (grade >= ``min_relevance``) product are not counted either way.
     These are the queries on which lexical matching cannot work.
     """
-    from pipeline.textutil import content_words
+    from pipeline.core.text import content_words
 
     words = dict(zip(catalog["product_id"].astype(str), (content_words(t) for t in product_text(catalog))))
     rel = qrels[qrels["relevance"].astype("int64") >= min_relevance]

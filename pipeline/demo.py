@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 from pipeline.config import (DEFAULT_DATA_DIR, DEFAULT_INDEX_DIR, DEFAULT_RERANKER_DIR, DEFAULT_RETRIEVER_DIR,
                              DEFAULT_SEED)
-from pipeline.artifacts import ensure_writable_dir
+from pipeline.core.artifacts import ensure_writable_dir
 
 PREFERRED_EXAMPLES = ("comfy couch",)
 MAX_EXAMPLE_QUERIES = 25
@@ -124,7 +124,7 @@ def run_demo(workdir: str | os.PathLike[str] = ".", *, quick: bool = False, seed
     from pipeline.batch import score_logs
     from pipeline.data import load_dataset
     from pipeline.evaluate import evaluate
-    from pipeline.sample import write_sample
+    from pipeline.world.sample import write_sample
     from pipeline.search import TwoStageSearcher
     from rerank.model import MultiTaskCrossEncoder
     from pipeline.export import export_onnx

@@ -11,7 +11,7 @@ Why it is built this way:
 
 * **Same batches, same code.** The plan cuts the input into exactly the local engine's
   batches (``batch_size`` rows, fixed boundaries) and every actor turns one batch into
-  output rows with the local engine's own :class:`pipeline.batch._BatchScorer`. So both
+  output rows with the local engine's own :class:`pipeline.batch.BatchScorer`. So both
   engines share dedup, skip rules and row layout, and give the same rows with the same
   scores (the searcher answers each query on its own, whatever worker runs it).
 * **Row index from the plan, not from the reader.** ``ray.data.read_parquet`` has no
@@ -62,9 +62,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.batch import DEFAULT_TASKS, METADATA_KEY, _BatchScorer, _check_output, output_schema
-from pipeline.errors import ArtifactError, DataError, ShoprankError
-from pipeline.lru import LRUCache
+from pipeline.batch import DEFAULT_TASKS, METADATA_KEY, BatchScorer, check_output, output_schema
+from pipeline.core.errors import ArtifactError, DataError, ShoprankError
+from pipeline.core.cache import LRUCache
 
 FAIL_ONCE_ENV = "SHOPRANK_RAY_FAIL_ONCE"
 DEFAULT_RETRIES = 3
@@ -274,7 +274,7 @@ class _ScoreActor:
             raise DataError(f"{self.input_path}: expected rows {start}-{stop}, read {table.num_rows}")
         # A fresh scorer per batch (so its skip counters are this batch's), sharing the
         # actor's query cache (so repeats across batches stay free).
-        scorer = _BatchScorer(self.searcher, self.tasks, mode=self.mode, k=self.k,
+        scorer = BatchScorer(self.searcher, self.tasks, mode=self.mode, k=self.k,
                               candidates=self.candidates, cache_size=self.cache_size)
         scorer.cache = self.cache
         result = scorer.score(table, start)
@@ -343,7 +343,7 @@ def score_logs_ray(input_path: str | os.PathLike[str], output_path: str | os.Pat
     input_path, output = Path(input_path).resolve(), Path(output_path).resolve()
     if k < 1 or candidates < 1 or batch_size < 1:
         raise ShoprankError(f"k, candidates and batch size must be >= 1 (got {k}, {candidates}, {batch_size})")
-    _check_output(output)
+    check_output(output)
     names, num_rows = _parquet_rows(input_path)
     if "query" not in names:
         raise DataError(f"{input_path}: missing required column 'query' (found: {', '.join(names) or 'none'})")

@@ -14,7 +14,7 @@ Each is scored overall and on the **vocabulary-mismatch** queries (no content wo
 with any relevant product), where lexical matching fails by construction. Every system's
 run is also written as a TREC run file (query ids as keys) next to a TREC qrels file, so
 the numbers can be re-checked with trec_eval / ir-measures — evaluation here is a separate
-step over run files, as in pyserini. Metrics come only from :mod:`pipeline.metrics`.
+step over run files, as in pyserini. Metrics come only from :mod:`pipeline.core.metrics`.
 
 The reranker additionally gets per-task engagement metrics: ROC AUC of p(click),
 p(add_to_cart), p(purchase) against whether that event happened for the split's logged
@@ -31,15 +31,15 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import DEFAULT_INDEX_DIR, DEFAULT_RERANKER_DIR, DEFAULT_SEED
-from pipeline.errors import DataError, ShoprankError
-from pipeline.metrics import DEFAULT_MEASURES, aggregate, auc, paired_bootstrap, per_query, write_trec_run
+from pipeline.core.errors import DataError, ShoprankError
+from pipeline.core.tasks import COUNT_COLUMNS
+from pipeline.core.metrics import DEFAULT_MEASURES, aggregate, auc, paired_bootstrap, per_query, write_trec_run
 
 SYSTEMS = ("bm25", "dense-zero-shot", "dense-fine-tuned", "two-stage", "oracle-rerank")
 # Paired comparisons reported with a bootstrap interval: (system, the system it must beat).
 PAIRED_AGAINST = (("two-stage", "dense-fine-tuned"), ("dense-fine-tuned", "dense-zero-shot"),
                   ("dense-zero-shot", "bm25"))
 PAIRED_MEASURE = "nDCG@10"
-TASK_LABELS = {"click": "clicks", "add_to_cart": "add_to_carts", "purchase": "purchases"}
 Ranker = Callable[[list[str]], tuple[list[list[str]], list[Sequence[float]]]]
 
 
@@ -58,7 +58,7 @@ def _qrels_dict(qrels_df: Any) -> dict[str, dict[str, int]]:
 
 def write_trec_qrels(path: str | os.PathLike[str], qrels: dict[str, dict[str, int]]) -> None:
     """TREC qrels file (``qid 0 docid grade``), the partner of the run files."""
-    from pipeline.artifacts import atomic_write_text
+    from pipeline.core.artifacts import atomic_write_text
 
     lines = [f"{qid} 0 {doc} {grade}" for qid, docs in qrels.items() for doc, grade in sorted(docs.items())]
     atomic_write_text(path, "\n".join(lines) + "\n")
@@ -83,7 +83,7 @@ def _engagement_metrics(reranker: Any, catalog: Any, engagement: Any, queries: s
     fused = fuse(probs, tasks, weights)
     out = []
     for j, task in enumerate(tasks):
-        labels = (rows[TASK_LABELS[task]].to_numpy() > 0).astype(int)
+        labels = (rows[COUNT_COLUMNS[task]].to_numpy() > 0).astype(int)
         out.append({"task": task, "pairs": int(len(rows)), "positives": int(labels.sum()),
                     "auc": auc(labels, probs[:, j]), "auc_fused_score": auc(labels, fused),
                     "mean_p": float(probs[:, j].mean()), "observed_rate": float(labels.mean())})
@@ -248,7 +248,7 @@ def _build_rankers(ds: Any, systems: Sequence[str], scratch: Path, index_dir: An
 
 def _load_reranker(path: Any) -> Any:
     """The trained cross-encoder at ``path`` (ArtifactError if there is none)."""
-    from pipeline.errors import ArtifactError
+    from pipeline.core.errors import ArtifactError
     from rerank.model import MultiTaskCrossEncoder
 
     if path is None or not (Path(path) / "manifest.json").is_file():

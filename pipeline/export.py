@@ -2,7 +2,7 @@
 
 Exports live next to their models (``models/retriever/onnx``, ``models/reranker/onnx``), so an
 index finds its query encoder's export through the model path it records, and a retrained
-model with a stale export is detected by checksum (see :mod:`pipeline.onnx_support`).
+model with a stale export is detected by checksum (see :mod:`pipeline.core.onnx`).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ArtifactError
+from pipeline.core.errors import ArtifactError
 
 
 def export_onnx(retriever: str | os.PathLike[str] | None, reranker: str | os.PathLike[str] | None) -> dict[str, Any]:

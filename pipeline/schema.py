@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 
 LABEL_PRESETS: dict[str, dict[str, int]] = {
     # Amazon ESCI: Exact / Substitute / Complement / Irrelevant
@@ -142,7 +142,7 @@ def _section(name: str, raw: Any, where: str) -> SectionMapping:
     if isinstance(attributes, str):
         attributes = [attributes]
     events = raw.get("events", {})
-    from pipeline.data import EVENTS  # local: data imports this module
+    from pipeline.core.tasks import EVENTS
 
     bad = [v for v in events.values() if v not in EVENTS]
     if bad:

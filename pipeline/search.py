@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import BACKENDS, DEFAULT_DATA_DIR, DEFAULT_INDEX_DIR, DEFAULT_PRECISION, DEFAULT_RERANKER_DIR
-from pipeline.errors import ArtifactError, DataError, ShoprankError
+from pipeline.core.errors import ArtifactError, DataError, ShoprankError
 
 #: Longer queries are cut (with a note) before encoding: real queries are a few words, and
 #: both encoders truncate to a few dozen tokens anyway; cutting first keeps tokenisation cheap.
@@ -71,7 +71,7 @@ class CatalogText:
     """What the searcher needs from a catalog: ids, titles and the reranker's product text.
 
     Product texts are built on demand for the candidates actually reranked (the template is
-    :func:`pipeline.textutil.join_product_fields`, the same one training used), so opening a
+    :func:`pipeline.core.text.join_product_fields`, the same one training used), so opening a
     100k-product catalog costs one columnar read, not 100k string joins.
     """
 
@@ -100,7 +100,7 @@ class CatalogText:
         if path.suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            from pipeline.textutil import PRODUCT_TEXT_FIELDS
+            from pipeline.core.text import PRODUCT_TEXT_FIELDS
 
             try:
                 names = set(pq.read_schema(path).names)
@@ -121,7 +121,7 @@ class CatalogText:
 
     def text(self, row: int) -> str:
         """Product text of one catalog row."""
-        from pipeline.textutil import PRODUCT_TEXT_FIELDS, join_product_fields
+        from pipeline.core.text import PRODUCT_TEXT_FIELDS, join_product_fields
 
         return join_product_fields([self.columns[c][row] for c in PRODUCT_TEXT_FIELDS])
 
@@ -183,9 +183,9 @@ class TwoStageSearcher:
         A reranker path given explicitly must exist. ``catalog`` defaults to the catalog
         recorded in the index manifest, then ``data/sample/catalog.parquet``.
         """
-        from pipeline.artifacts import read_manifest
+        from pipeline.core.artifacts import read_manifest
         from pipeline.config import PRECISION_CHOICES
-        from pipeline.onnx_support import has_export
+        from pipeline.core.onnx import has_export
         from retrieval.index import INDEX_KIND, Retriever
 
         precision = "int8" if quantize else precision
@@ -219,7 +219,7 @@ class TwoStageSearcher:
         if backend == "onnx":
             from concurrent.futures import ThreadPoolExecutor
 
-            from pipeline.runtime import import_faiss
+            from pipeline.core.runtime import import_faiss
             from rerank.onnx_model import OnnxCrossEncoder
             from retrieval.onnx_encoder import OnnxBiEncoder
 

@@ -1,4 +1,4 @@
 """Stage 2 (rerank): (query, product) pairs -> click / add-to-cart / purchase. Independent of retrieval/."""
-from pipeline.runtime import configure_environment
+from pipeline.core.runtime import configure_environment
 
 configure_environment()

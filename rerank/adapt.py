@@ -23,10 +23,10 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.artifacts import atomic_directory, build_manifest, fingerprint_frame, write_manifest
+from pipeline.core.artifacts import atomic_directory, build_manifest, fingerprint_frame, write_manifest
 from pipeline.data import product_text
-from pipeline.errors import DataError
-from pipeline.runtime import seed_everything
+from pipeline.core.errors import DataError
+from pipeline.core.runtime import seed_everything
 from rerank.model import bundled_encoder_path, encoder_checksum, quiet_transformers
 
 KIND = "domain-bert"

@@ -34,10 +34,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline.data import product_text
-from pipeline.errors import DataError
-from rerank.heads import TASKS
+from pipeline.core.errors import DataError
+from pipeline.core.tasks import COUNT_COLUMNS, TASKS
 
-COUNT_COLUMNS: dict[str, str] = {"click": "clicks", "add_to_cart": "add_to_carts", "purchase": "purchases"}
 LABEL_MODES = ("rate", "binary")
 
 

@@ -1,6 +1,6 @@
 """The reranker's evaluator: per-task NDCG@10 graded by engagement counts, AUC, and (when
 qrels are given) NDCG@10 graded by ground-truth relevance. Metrics come from
-``pipeline.metrics`` (ir-measures / scikit-learn) only.
+``pipeline.core.metrics`` (ir-measures / scikit-learn) only.
 
 Per-task NDCG for task t grades each pair by its t-count (e.g. number of purchases), over the
 queries with at least one positive for t (a query nobody bought from says nothing about
@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import metrics
-from rerank.data import COUNT_COLUMNS
+from pipeline.core import metrics
+from pipeline.core.tasks import COUNT_COLUMNS
 from rerank.fusion import fuse
 from rerank.heads import TASKS
 

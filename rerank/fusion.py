@@ -117,7 +117,7 @@ def fit_alpha(queries: Sequence[str], product_ids: Sequence[str], rerank_score: 
     ``retrieval_weight`` and the score of every grid point (``by_alpha``), so a report can
     show how flat the curve is.
     """
-    from pipeline import metrics
+    from pipeline.core import metrics
 
     judged = {q for q in dict.fromkeys(queries) if q in qrels}
     if not judged:
@@ -154,7 +154,7 @@ def save_fusion(reranker_dir: str | os.PathLike[str], fusion: Mapping[str, Any])
     model, so an ONNX export of the same weights stays valid and picks the blend up from the
     same manifest.
     """
-    from pipeline.artifacts import read_manifest, write_manifest
+    from pipeline.core.artifacts import read_manifest, write_manifest
 
     weight = float(fusion["retrieval_weight"])
     if not 0.0 <= weight <= 1.0:

@@ -25,7 +25,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-TASKS: tuple[str, ...] = ("click", "add_to_cart", "purchase")
+from pipeline.core.tasks import TASKS  # the heads' output order; re-exported for rerank users
+
 ARCHITECTURES = ("mmoe", "shared_bottom", "single")
 HEAD_MODES = ("funnel", "independent")
 

@@ -38,9 +38,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.artifacts import (BUNDLED_SHA256, atomic_directory, build_manifest, bundled_model_path, file_has_sha256,
+from pipeline.core.artifacts import (BUNDLED_SHA256, atomic_directory, build_manifest, bundled_model_path, file_has_sha256,
                                 read_manifest, require_compatible, sha256_file, write_manifest)
-from pipeline.errors import ArtifactError
+from pipeline.core.errors import ArtifactError
 from rerank.heads import ARCHITECTURES, HEAD_MODES, TASKS, build_head, log_probs
 
 KIND = "reranker"

@@ -3,7 +3,7 @@
 :func:`export_reranker` traces the whole model — BERT, pair pooling, mixture of experts, gates,
 towers and the funnel products — into one graph whose output is the task probabilities
 ``(batch, tasks)``, and writes it (fp32 + int8) to ``<reranker>/onnx/`` (layout in
-:mod:`pipeline.onnx_support`). The export's manifest records the reranker's manifest id and
+:mod:`pipeline.core.onnx`). The export's manifest records the reranker's manifest id and
 weight checksums; :class:`OnnxCrossEncoder` refuses an export whose source no longer matches
 the reranker directory (retrained after exporting).
 
@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.artifacts import read_manifest
-from pipeline.errors import ArtifactError
-from pipeline.onnx_support import (FastTokenizer, export_module, length_sorted_batches, load_export,
+from pipeline.core.artifacts import read_manifest
+from pipeline.core.errors import ArtifactError
+from pipeline.core.onnx import (FastTokenizer, export_module, length_sorted_batches, load_export,
                                    make_session, run_session, write_export)
 
 RERANKER_KIND = "reranker"
@@ -35,7 +35,7 @@ def _source(manifest: dict[str, Any]) -> dict[str, Any]:
 
 def export_reranker(reranker_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Export a saved (checksum-verified) reranker to ``<reranker_dir>/onnx``."""
-    from pipeline.runtime import import_torch
+    from pipeline.core.runtime import import_torch
     from rerank.model import ENCODER_DIR, MultiTaskCrossEncoder
 
     torch = import_torch()

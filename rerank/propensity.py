@@ -24,7 +24,7 @@ from typing import Callable, Literal
 import numpy as np
 import pandas as pd
 
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 
 REQUIRED_COLUMNS = ("query", "product_id", "position", "impressions", "clicks")
 InputKind = Literal["per_position", "mean_position"]

@@ -33,10 +33,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from pipeline.artifacts import fingerprint_frame
+from pipeline.core.artifacts import fingerprint_frame
 from pipeline.data import Dataset
-from pipeline.errors import DataError
-from pipeline.runtime import seed_everything
+from pipeline.core.errors import DataError
+from pipeline.core.runtime import seed_everything
 from rerank.batching import GroupBatchSampler
 from rerank.data import build_eval_pairs, build_examples
 from rerank.evaluation import EngagementEvaluator

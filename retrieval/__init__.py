@@ -1,4 +1,4 @@
 """Stage 1 (recall): text -> vectors -> candidates. Independent of rerank/."""
-from pipeline.runtime import configure_environment
+from pipeline.core.runtime import configure_environment
 
 configure_environment()

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.artifacts import BUNDLED_MODEL_NAME, BUNDLED_SHA256, MANIFEST, bundled_model_path, sha256_file
-from pipeline.errors import ArtifactError
+from pipeline.core.artifacts import BUNDLED_MODEL_NAME, BUNDLED_SHA256, MANIFEST, bundled_model_path, sha256_file
+from pipeline.core.errors import ArtifactError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 RETRIEVER_KIND = "retriever"
@@ -99,7 +99,7 @@ class BiEncoder:
         """Load the bundled MiniLM (``path=None``) or any sentence-transformers folder, checksum-verified."""
         folder = Path(path) if path is not None else bundled_model_path()
         model_id, name = verify_model_folder(folder)
-        from pipeline.runtime import import_torch
+        from pipeline.core.runtime import import_torch
 
         import_torch()
         from sentence_transformers import SentenceTransformer

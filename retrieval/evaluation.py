@@ -3,7 +3,7 @@ and the BM25 / zero-shot / fine-tuned comparison table.
 
 Models are compared with *exact* (brute-force) search so that the numbers measure the
 embeddings, not an approximate index; index quality is measured separately
-(benchmarks/index_recall.py). All metrics come from :mod:`pipeline.metrics`.
+(benchmarks/index_recall.py). All metrics come from :mod:`pipeline.core.metrics`.
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.metrics import aggregate, run_from_ranked
-from pipeline.runtime import import_torch
+from pipeline.core.metrics import aggregate, run_from_ranked
+from pipeline.core.runtime import import_torch
 
 import_torch()  # torch before anything that may pull faiss (one import order)
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator  # noqa: E402
@@ -78,7 +78,7 @@ def score_system(search: SearchFn, queries: Sequence[str], qrels: Mapping[str, M
 
 class RetrievalEvaluator(BaseEvaluator):
     """Per-epoch validation for the sentence-transformers trainer: encode the catalog with the
-    model being trained, search exactly, report Recall@100 / nDCG@10 (via pipeline.metrics).
+    model being trained, search exactly, report Recall@100 / nDCG@10 (via pipeline.core.metrics).
 
     ``primary_metric`` is their mean ("score") so the best checkpoint is the one that is good
     at both of stage 1's jobs: recall for the reranker and a sensible top 10 on its own.

@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.artifacts import (
+from pipeline.core.artifacts import (
     atomic_directory, build_manifest, file_has_sha256, fingerprint_frame, hash_file, read_manifest,
     recover_directory, remember_sha256, write_manifest,
 )
-from pipeline.errors import ArtifactError, DataError
+from pipeline.core.errors import ArtifactError, DataError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -89,7 +89,7 @@ def _apply_search_params(index: Any, params: dict[str, Any]) -> None:
 
 
 def _faiss(with_torch: bool = True) -> Any:
-    from pipeline.runtime import import_faiss
+    from pipeline.core.runtime import import_faiss
 
     return import_faiss(with_torch=with_torch)
 
@@ -389,7 +389,7 @@ def _build_encoder(index_dir: str | os.PathLike[str]) -> Any:
     """The encoder the index's vectors were made with (ONNX int8/fp32 or torch, per the
     manifest's ``encoded_with``), so added products are encoded like the ones already there.
     None (= the torch model) when the index was built with torch or the export is gone."""
-    from pipeline.onnx_support import has_export
+    from pipeline.core.onnx import has_export
 
     recover_directory(index_dir)
     if not (Path(index_dir) / "manifest.json").is_file():

@@ -1,11 +1,11 @@
 """The bi-encoder on ONNX Runtime: export a sentence-transformers folder, encode without torch.
 
-:func:`export_bi_encoder` writes ``<model>/onnx/`` (see :mod:`pipeline.onnx_support`): the BERT
+:func:`export_bi_encoder` writes ``<model>/onnx/`` (see :mod:`pipeline.core.onnx`): the BERT
 transformer + mean pooling + L2 normalisation as one graph, so the runtime side is just
 tokenise → run → vectors. :class:`OnnxBiEncoder` has the :class:`~retrieval.encoder.BiEncoder`
 surface the index needs (``model_id``, ``dim``, ``encode_queries``, ``encode_products``,
 ``describe``), so an index built with torch vectors is searched with ONNX query vectors — the
-model id (sha256 of the source weights) is the same, and :func:`pipeline.onnx_support.load_export`
+model id (sha256 of the source weights) is the same, and :func:`pipeline.core.onnx.load_export`
 refuses an export made from other weights.
 
 A small LRU cache of query vectors (:class:`QueryEmbeddingCache`) sits in front of the
@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import ArtifactError
-from pipeline.lru import LRUCache
-from pipeline.onnx_support import (FastTokenizer, export_module, length_sorted_batches, load_export,
+from pipeline.core.errors import ArtifactError
+from pipeline.core.cache import LRUCache
+from pipeline.core.onnx import (FastTokenizer, export_module, length_sorted_batches, load_export,
                                    make_session, run_session, write_export)
 
 #: Query vectors kept by default (~1.5 KiB each at 384-d: 10k queries ≈ 15 MiB).
@@ -69,7 +69,7 @@ def _pooling_mode(folder: Path) -> str:
 
 def export_bi_encoder(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Export a (checksum-verified) sentence-transformers folder to ``<model_dir>/onnx``."""
-    from pipeline.runtime import import_torch
+    from pipeline.core.runtime import import_torch
     from retrieval.encoder import BiEncoder
 
     torch = import_torch()

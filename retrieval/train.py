@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.artifacts import atomic_directory, build_manifest, fingerprint_frame, sha256_file, write_manifest
-from pipeline.errors import DataError
-from pipeline.runtime import seed_everything
+from pipeline.core.artifacts import atomic_directory, build_manifest, fingerprint_frame, sha256_file, write_manifest
+from pipeline.core.errors import DataError
+from pipeline.core.runtime import seed_everything
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd

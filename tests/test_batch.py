@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.batch import _parts_dir, read_scored_metadata, score_logs
-from pipeline.errors import DataError, ShoprankError
+from pipeline.core.errors import DataError, ShoprankError
 from pipeline.search import SearchHit
 
 PRODUCTS = [f"p{i:03d}" for i in range(40)]

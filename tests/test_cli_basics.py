@@ -60,7 +60,7 @@ def test_config_file_overrides_defaults(tmp_path) -> None:
 
 @pytest.mark.parametrize("text", ["ok"])
 def test_atomic_directory_keeps_previous_on_failure(tmp_path, text: str) -> None:
-    from pipeline.artifacts import atomic_directory
+    from pipeline.core.artifacts import atomic_directory
 
     target = tmp_path / "art"
     with atomic_directory(target) as tmp:
@@ -74,8 +74,8 @@ def test_atomic_directory_keeps_previous_on_failure(tmp_path, text: str) -> None
 
 
 def test_manifest_roundtrip_and_mismatch(tmp_path) -> None:
-    from pipeline.artifacts import build_manifest, read_manifest, require_compatible, write_manifest
-    from pipeline.errors import ArtifactError
+    from pipeline.core.artifacts import build_manifest, read_manifest, require_compatible, write_manifest
+    from pipeline.core.errors import ArtifactError
 
     write_manifest(tmp_path, build_manifest("index", dim=384, model_id="abc"))
     manifest = read_manifest(tmp_path, kind="index")

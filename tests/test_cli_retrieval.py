@@ -18,6 +18,9 @@ from test_encoder import tampered_copy
 from retrieval.encoder import BUNDLED_SHA256, bundled_model_path
 from retrieval.index import build_from_vectors
 
+# Trains or loads real models (minutes on 2 cores): `make test` runs it, `make test-fast` skips it.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.data import (load_catalog, load_dataset, load_engagement, load_qrels, product_text,
                            qrels_dict, vocabulary_mismatch_queries)
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 from pipeline.schema import load_mapping
 
 WANDS_PRODUCTS = (

@@ -5,7 +5,11 @@ import json
 
 import pyarrow.parquet as pq
 
-from pipeline.artifacts import read_manifest
+from pipeline.core.artifacts import read_manifest
+import pytest
+
+# Trains or loads real models (minutes on 2 cores): `make test` runs it, `make test-fast` skips it.
+pytestmark = pytest.mark.slow
 
 def test_quick_demo_builds_everything_at_default_paths(demo_run):
     root, report = demo_run

@@ -24,6 +24,9 @@ ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install '
 from pipeline.batch import read_scored_metadata, score_logs  # noqa: E402
 from pipeline.distributed import FAIL_ONCE_ENV, build_index_ray, plan_batches, read_rows, score_logs_ray  # noqa: E402
 
+# Trains or loads real models (minutes on 2 cores): `make test` runs it, `make test-fast` skips it.
+pytestmark = pytest.mark.slow
+
 K, CANDIDATES, BATCH = 5, 20, 48
 
 
@@ -103,7 +106,7 @@ def test_without_retries_a_failing_batch_fails_the_job_with_one_line(local_ray, 
                                                                      tmp_path, monkeypatch):
     """Retries are a bounded budget (a deterministic bug must not loop): with none, the
     injected failure ends the job with a one-line error and no output file."""
-    from pipeline.errors import ShoprankError
+    from pipeline.core.errors import ShoprankError
 
     log, _, _ = local_scored
     monkeypatch.setenv(FAIL_ONCE_ENV, f"0:{tmp_path / 'failed-once'}")
@@ -152,7 +155,7 @@ def test_build_index_ray_encodes_like_the_local_onnx_encoder(local_ray, tiny_dat
     """Actors use the driver's encoding (ONNX fp32 / int8 from the model's export), not torch."""
     import shutil
 
-    from pipeline.artifacts import bundled_model_path
+    from pipeline.core.artifacts import bundled_model_path
     from retrieval.encoder import verify_model_folder
     from retrieval.index import Retriever, build_index
     from retrieval.onnx_encoder import OnnxBiEncoder, export_bi_encoder

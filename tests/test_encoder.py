@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.errors import ArtifactError
+from pipeline.core.errors import ArtifactError
 from retrieval.encoder import BUNDLED_SHA256, BiEncoder, bundled_model_path
 
 

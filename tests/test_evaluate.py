@@ -12,8 +12,11 @@ import pytest
 import pytrec_eval
 
 from pipeline.data import load_dataset
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 from pipeline.evaluate import SYSTEMS, evaluate
+
+# Trains or loads real models (minutes on 2 cores): `make test` runs it, `make test-fast` skips it.
+pytestmark = pytest.mark.slow
 
 
 def _read_trec(path, cols):

@@ -89,7 +89,7 @@ def test_fit_alpha_picks_the_better_ranker() -> None:
 def test_fusion_weight_round_trips_through_the_manifest_into_the_searcher(tmp_path) -> None:
     import pandas as pd
 
-    from pipeline.artifacts import build_manifest, read_manifest, write_manifest
+    from pipeline.core.artifacts import build_manifest, read_manifest, write_manifest
     from pipeline.search import TwoStageSearcher
 
     write_manifest(tmp_path, build_manifest("reranker", tasks=list(TASKS)))
@@ -137,7 +137,7 @@ def test_fit_fusion_blends_the_searchers_candidates_and_saves_the_weight(tmp_pat
     """pipeline.blend.fit_fusion on stand-ins: retrieval right, reranker backwards -> mostly retrieval."""
     import pandas as pd
 
-    from pipeline.artifacts import build_manifest, read_manifest, write_manifest
+    from pipeline.core.artifacts import build_manifest, read_manifest, write_manifest
     from pipeline.blend import fit_fusion
     from pipeline.data import Dataset
 

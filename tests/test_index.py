@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.errors import ArtifactError, DataError
+from pipeline.core.errors import ArtifactError, DataError
 from retrieval.encoder import BiEncoder
 from retrieval.index import (
     Retriever, add_products, build_from_vectors, build_index, compact_index, remove_products,
@@ -106,7 +106,7 @@ def test_corrupt_and_mismatched_indexes_are_refused(tmp_path: Path, encoder: BiE
 
 
 def test_verified_index_is_rehashed_only_after_a_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipeline.artifacts as artifacts
+    import pipeline.core.artifacts as artifacts
 
     hashed: list[Path] = []
     real = artifacts.sha256_file

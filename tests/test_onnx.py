@@ -13,7 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.errors import ArtifactError
+from pipeline.core.errors import ArtifactError
+
+# Trains or loads real models (minutes on 2 cores): `make test` runs it, `make test-fast` skips it.
+pytestmark = pytest.mark.slow
 
 QUERIES = ["comfy couch", "running shoes", "lamp for the desk"]
 
@@ -22,7 +25,7 @@ QUERIES = ["comfy couch", "running shoes", "lamp for the desk"]
 def exported(demo_run: tuple[Path, dict]) -> Path:
     """The quick demo's workdir with both models exported (the demo exports them itself)."""
     from pipeline.export import export_onnx
-    from pipeline.onnx_support import has_export
+    from pipeline.core.onnx import has_export
 
     root, _ = demo_run
     retriever, reranker = root / "models/retriever", root / "models/reranker"

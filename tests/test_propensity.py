@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 from rerank.propensity import compare_to_truth, estimate_propensities, ipw_weights
 
 POWER = 0.7

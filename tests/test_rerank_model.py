@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import ArtifactError
-from pipeline.runtime import seed_everything
+from pipeline.core.errors import ArtifactError
+from pipeline.core.runtime import seed_everything
 from rerank.heads import MMoEHead, build_head, log_probs
 from rerank.losses import MultiTaskLoss, log1mexp, weighted_bce
 from rerank.model import HeadConfig, MultiTaskCrossEncoder, bundled_encoder_path

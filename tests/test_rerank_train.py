@@ -10,12 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.artifacts import read_manifest
+from pipeline.core.artifacts import read_manifest
 from pipeline.data import load_dataset
 from rerank.data import build_eval_pairs, build_examples
 from rerank.evaluation import model_metrics
 from rerank.model import MultiTaskCrossEncoder
 from rerank.train import public_report, train_reranker
+
+# Trains or loads real models (minutes on 2 cores): `make test` runs it, `make test-fast` skips it.
+pytestmark = pytest.mark.slow
 
 SMALL = dict(max_queries=3, max_valid_queries=3, max_shown_per_query=8, negatives=2, epochs=2,
              batch_size=16, max_length=32, seed=21, objective="both", progress=False)

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from pipeline.data import load_dataset, vocabulary_mismatch_queries
-from pipeline import sample_vocab as V
-from pipeline.sample import generate_sample, misspell, sample_stats, write_sample
-from pipeline.textutil import content_words
+from pipeline.world import vocab as V
+from pipeline.world.sample import generate_sample, misspell, sample_stats, write_sample
+from pipeline.core.text import content_words
 
 FILES = ("catalog.parquet", "engagement.parquet", "queries.parquet", "qrels.parquet", "positions.parquet")
 

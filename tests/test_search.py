@@ -5,8 +5,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.errors import ArtifactError, ShoprankError
+from pipeline.core.errors import ArtifactError, ShoprankError
 from pipeline.search import MAX_QUERY_CHARS, TwoStageSearcher
+
+
+# Uses the session's quick demo (trained models, minutes on 2 cores): `make test-fast` skips it.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,10 @@ import pandas as pd
 from pipeline.data import load_dataset
 from retrieval.encoder import BUNDLED_SHA256, BiEncoder
 from retrieval.train import DEPTH_COPIES, engagement_pairs, mine_hard_negatives, train_retriever
+import pytest
+
+# Trains or loads real models (minutes on 2 cores): `make test` runs it, `make test-fast` skips it.
+pytestmark = pytest.mark.slow
 
 
 def test_engagement_pairs_weight_by_depth() -> None:

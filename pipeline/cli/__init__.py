@@ -1,7 +1,7 @@
 """`pipeline` command-line entry point: a thin Typer layer over the library API.
 
 Each ``*_cmd`` module registers its commands on the shared app. Expected failures
-(:class:`pipeline.errors.ShoprankError`, unreadable files) become one line on stderr and a
+(:class:`pipeline.core.errors.ShoprankError`, unreadable files) become one line on stderr and a
 non-zero exit, never a traceback.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from pipeline.cli._app import app
-from pipeline.errors import ShoprankError
+from pipeline.core.errors import ShoprankError
 
 # Command modules: importing them registers their commands. Keep them import-light.
 from pipeline.cli import config_cmd, data_cmd  # noqa: E402,F401

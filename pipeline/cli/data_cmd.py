@@ -1,7 +1,7 @@
 """Data commands: `sample-data`, `simulate-engagement`, `validate`.
 
-Thin: parse options, call one library function (:func:`pipeline.sample.write_sample`,
-:func:`pipeline.simulate.engagement_from_labels`, :func:`pipeline.data.validate`), print a
+Thin: parse options, call one library function (:func:`pipeline.world.sample.write_sample`,
+:func:`pipeline.world.simulate.engagement_from_labels`, :func:`pipeline.data.validate`), print a
 table or ``--json``. pandas/pyarrow are imported inside the commands (fast --help).
 """
 from __future__ import annotations
@@ -30,8 +30,8 @@ def sample_data(
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Generate the built-in sample shop: catalog, queries, qrels, engagement, README."""
-    from pipeline.errors import ShoprankError
-    from pipeline.sample import write_sample
+    from pipeline.core.errors import ShoprankError
+    from pipeline.world.sample import write_sample
 
     info(f"generating {products} products, {queries} queries (seed {seed}) -> {out}")
     try:
@@ -55,7 +55,7 @@ def simulate_engagement(
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Simulate engagement logs from relevance labels with the sample world's user model."""
-    from pipeline.simulate import engagement_from_labels
+    from pipeline.world.simulate import engagement_from_labels
 
     stats = engagement_from_labels(qrels, catalog, out, seed=seed, mapping=mapping)
     if json_out:
@@ -94,7 +94,7 @@ def estimate_propensity(
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Estimate the examination propensity per position (position-based click model, EM)."""
-    from pipeline.simulate import propensity_report
+    from pipeline.world.simulate import propensity_report
 
     report = propensity_report(log, max_position=max_position, against_simulator=simulator)
     if json_out:

@@ -24,7 +24,7 @@ _JSON = typer.Option(False, "--json", help="Print JSON.")
 def _load(data: Optional[Path], catalog: Optional[Path] = None, engagement: Optional[Path] = None,
           queries: Optional[Path] = None) -> Any:
     from pipeline.data import load_dataset
-    from pipeline.errors import DataError
+    from pipeline.core.errors import DataError
 
     if data is None and catalog is None:
         data = DEFAULT_DATA_DIR
@@ -42,7 +42,7 @@ def _to_stderr() -> Any:
 
 
 def _bad(exc: ValueError) -> None:
-    from pipeline.errors import ShoprankError
+    from pipeline.core.errors import ShoprankError
 
     raise ShoprankError(str(exc).splitlines()[0]) from None
 
@@ -154,7 +154,7 @@ def compare_rerankers_cmd(
         _bad(exc)
 
     if not data.is_dir():
-        from pipeline.errors import DataError
+        from pipeline.core.errors import DataError
 
         raise DataError(f"{data}: dataset directory does not exist (run `pipeline sample-data`)")
     with _to_stderr():

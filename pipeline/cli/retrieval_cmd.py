@@ -109,7 +109,7 @@ def build_index_cmd(
     from retrieval.index import build_index
 
     if engine not in ("local", "ray") or (engine == "local" and (address is not None or workers is not None)):
-        from pipeline.errors import ShoprankError
+        from pipeline.core.errors import ShoprankError
 
         raise ShoprankError("--engine must be 'local' or 'ray'; --address and --workers need --engine ray")
     chosen = _default_model(model)
@@ -121,7 +121,7 @@ def build_index_cmd(
         from retrieval.onnx_encoder import OnnxBiEncoder
 
         if chosen is None:
-            from pipeline.errors import ShoprankError
+            from pipeline.core.errors import ShoprankError
 
             raise ShoprankError("--backend onnx needs a trained retriever (--model) exported with `pipeline export-onnx`")
         encoder = OnnxBiEncoder.load(chosen, verify_model_folder(Path(chosen))[0], precision=precision)
@@ -147,8 +147,8 @@ def _encoding_backend(backend: str, precision: str, model: Optional[Path]) -> tu
     exported, torch fp32 otherwise; the Ray engine's actors encode the same way), refusing
     combinations that cannot run."""
     from pipeline.config import BACKENDS, PRECISION_CHOICES
-    from pipeline.errors import ShoprankError
-    from pipeline.onnx_support import has_export
+    from pipeline.core.errors import ShoprankError
+    from pipeline.core.onnx import has_export
 
     if backend not in BACKENDS or precision not in PRECISION_CHOICES:
         raise ShoprankError(f"--backend must be one of {', '.join(BACKENDS)} and --precision one of "

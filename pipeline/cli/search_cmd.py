@@ -16,7 +16,7 @@ import typer
 from pipeline.cli._app import app, emit_json, info, print_table
 from pipeline.config import (DEFAULT_DATA_DIR, DEFAULT_INDEX_DIR, DEFAULT_PRECISION, DEFAULT_RERANKER_DIR,
                              DEFAULT_RETRIEVER_DIR)
-from pipeline.errors import ShoprankError
+from pipeline.core.errors import ShoprankError
 
 _INDEX = typer.Option(DEFAULT_INDEX_DIR, "--index", help="Index directory (built by build-index or the demo).")
 _RERANKER = typer.Option(DEFAULT_RERANKER_DIR, "--reranker", help="Trained reranker directory.")

@@ -1,7 +1,7 @@
 """Vocabulary of the built-in sample shop: categories, their product types and look-alike
 accessories, synonyms, shop jargon, use-case phrasings, attributes and brands.
 
-Why a separate module: the generator (``pipeline.sample``) is logic, this is content. The
+Why a separate module: the generator (``pipeline.world.sample``) is logic, this is content. The
 words are chosen so that
 
 * product texts use only the *catalog* vocabulary (type and accessory nouns, the category

@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.data import ENGAGEMENT_COLUMNS, product_text
-from pipeline.errors import DataError
-from pipeline.textutil import content_words
+from pipeline.core.errors import DataError
+from pipeline.core.text import content_words
 
 
 @dataclass(frozen=True)
@@ -230,7 +230,7 @@ def engagement_from_labels(qrels: str | Path, catalog: str | Path, out: str | Pa
     This is how a public relevance dataset without logs (ESCI, WANDS) can train the whole
     pipeline. Returns statistics (rows, funnel rates, skipped unknown products).
     """
-    from pipeline.artifacts import atomic_path
+    from pipeline.core.artifacts import atomic_path
     from pipeline.data import load_catalog, load_qrels, write_parquet
 
     cat = load_catalog(catalog, mapping)

@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.artifacts import (
+from pipeline.core.artifacts import (
     atomic_directory, build_manifest, file_has_sha256, hash_file, read_manifest, remember_sha256, write_manifest,
 )
-from pipeline.errors import ArtifactError
+from pipeline.core.errors import ArtifactError
 
 EXPORT_KIND = "onnx-export"
 ONNX_DIR = "onnx"
@@ -48,7 +48,7 @@ def export_module(module: Any, example: Mapping[str, Any], path: Path, output_na
 
     Batch and sequence axes are dynamic, so one graph serves any batch with dynamic padding.
     """
-    from pipeline.runtime import import_torch
+    from pipeline.core.runtime import import_torch
 
     torch = import_torch()
     names = list(example)

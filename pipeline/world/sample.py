@@ -5,7 +5,7 @@ engagement and a per-position impression log; ``write_sample(out_dir, ...)`` wri
 Parquet plus a README with statistics. Same seed -> byte-identical files (fixed row order,
 fixed dtypes, no timestamps in the Parquet metadata).
 
-How the ranking problems of real shops are posed (vocabulary in :mod:`pipeline.sample_vocab`):
+How the ranking problems of real shops are posed (vocabulary in :mod:`pipeline.world.vocab`):
 
 * **Product types within categories**, and **look-alike accessories**: a sofa category sells
   sectionals, loveseats and futons, and also sofa covers and sofa legs whose titles carry
@@ -26,7 +26,7 @@ How the ranking problems of real shops are posed (vocabulary in :mod:`pipeline.s
 * The split is by query *text* into train/valid/test, plus an ``unseen`` split: the queries
   about held-out product types and categories, never asked in train or valid. It stands in
   for a user's own shop.
-* Engagement comes from :func:`pipeline.simulate.simulate_engagement` (imperfect
+* Engagement comes from :func:`pipeline.world.simulate.simulate_engagement` (imperfect
   production ranker + position-biased user with a click/cart/purchase funnel); the
   per-position impressions it simulated are kept for checking position-bias estimates.
 """
@@ -39,9 +39,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import sample_vocab as V
+from pipeline.world import vocab as V
 from pipeline.data import write_parquet
-from pipeline.simulate import UserModel, examination_propensity, funnel_rates, simulate_engagement
+from pipeline.world.simulate import UserModel, examination_propensity, funnel_rates, simulate_engagement
 
 SPLIT_SHARES = (("train", 0.7), ("valid", 0.15), ("test", 0.15))
 UNSEEN_SPLIT = "unseen"
@@ -527,7 +527,7 @@ def _readme(stats: dict, seed: int) -> str:
         "and look-alike accessories; queries with a train/valid/test split by query text and an `unseen`",
         "split (queries about product types and categories never asked in train or valid); ESCI grades",
         "(3 exact, 2 substitute, 1 complement, 0 irrelevant); engagement simulated by a position-biased",
-        "user over an imperfect production ranker (`pipeline/simulate.py`). `positions.parquet` holds the",
+        "user over an imperfect production ranker (`pipeline/world/simulate.py`). `positions.parquet` holds the",
         "impressions and clicks per shown position, for checking position-bias estimates.",
         "",
         "| statistic | value |",
@@ -550,7 +550,7 @@ def _readme(stats: dict, seed: int) -> str:
 
 def write_sample(out_dir: str | Path, n_products: int = 5000, n_queries: int = 1000, seed: int = 13) -> dict:
     """Generate the sample world and write it (atomically) to ``out_dir``; return stats."""
-    from pipeline.artifacts import atomic_directory
+    from pipeline.core.artifacts import atomic_directory
 
     started = time.perf_counter()
     world = generate_sample(n_products, n_queries, seed)

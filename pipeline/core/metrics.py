@@ -106,7 +106,7 @@ def write_trec_run(path, run: Run, system: str) -> None:
     """Write a TREC run file (``qid Q0 docid rank score system``) so any result can be
     checked with trec_eval / ir-measures. Query keys must not contain whitespace: callers
     pass query ids."""
-    from pipeline.artifacts import atomic_write_text
+    from pipeline.core.artifacts import atomic_write_text
 
     lines = []
     for qid, docs in run.items():

@@ -24,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ArtifactError
+from pipeline.core.errors import ArtifactError
 
 MANIFEST = "manifest.json"
 
