@@ -10,6 +10,7 @@ manifest, where every serving path reads it.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -78,13 +79,25 @@ def fit_fusion(dataset: Dataset, reranker: Any, retriever: Any, *,
     return fit
 
 
+def retriever_encoder_dir(retriever: Any) -> Path | None:
+    """The fine-tuned retriever's Hugging Face folder, when the index names one on disk."""
+    model_path = (getattr(retriever, "manifest", None) or {}).get("model_path")
+    path = Path(model_path) if model_path else None
+    return path if path is not None and (path / "config.json").is_file() else None
+
+
 def train_reranker_on_index(dataset: Dataset, out_dir: str | os.PathLike[str], *,
                             index_dir: str | os.PathLike[str] | None = None, candidates: int = 50,
-                            retriever: Any = None, **train_kwargs: Any) -> dict[str, Any]:
+                            retriever: Any = None, encoder_from_retriever: bool = True,
+                            **train_kwargs: Any) -> dict[str, Any]:
     """Train a reranker on retriever candidates, then fit and save its first-stage blend.
 
     Without ``index_dir`` or ``retriever`` this is :func:`rerank.train.train_reranker` with
     catalog-sampled negatives and no blend (there is no first stage to blend with).
+    ``encoder_from_retriever``: when no ``encoder`` is given, start the cross-encoder from
+    the fine-tuned retriever's weights instead of the bundled MiniLM. Why: they already map
+    the shop's jargon and synonyms to its products, which a cross-encoder trained for a few
+    hundred steps on noisy engagement cannot learn from scratch (docs/rerank.md).
     """
     from rerank.train import train_reranker
 
@@ -96,6 +109,8 @@ def train_reranker_on_index(dataset: Dataset, out_dir: str | os.PathLike[str], *
         return train_reranker(dataset, out_dir, **train_kwargs)
     if dataset.queries is None:
         raise DataError("train-reranker needs a queries table with a split column (queries.parquet or --queries)")
+    if encoder_from_retriever and train_kwargs.get("encoder") is None:
+        train_kwargs["encoder"] = retriever_encoder_dir(retriever)
     queries = dataset.split_queries("train") + dataset.split_queries("valid")
     cand_ids, _ = retriever_candidates(retriever, queries, candidates)
     report = train_reranker(dataset, out_dir, candidates=cand_ids, **train_kwargs)

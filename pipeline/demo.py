@@ -46,7 +46,7 @@ class DemoBudget:
     candidates: int
     log_rows: int
     eval_engagement_pairs: int
-    reranker_objective: str = "pointwise"
+    reranker_objective: str = "both"
 
 
 # Budgets sized on 2 CPU cores: QUICK for the test suite (< 3 min), FULL for `make demo`
@@ -57,7 +57,7 @@ QUICK = DemoBudget(n_products=300, n_queries=60, retriever_epochs=1, retriever_m
                    reranker_epochs=1, reranker_max_queries=16, reranker_max_shown=4, reranker_negatives=2,
                    candidates=20, log_rows=200, eval_engagement_pairs=300)
 FULL = DemoBudget(n_products=2000, n_queries=500, retriever_epochs=1, retriever_max_rows=1000,
-                  reranker_epochs=1, reranker_max_queries=150, reranker_max_shown=8, reranker_negatives=3,
+                  reranker_epochs=2, reranker_max_queries=None, reranker_max_shown=8, reranker_negatives=3,
                   candidates=50, log_rows=5000, eval_engagement_pairs=2000)
 
 

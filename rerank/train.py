@@ -177,7 +177,7 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
                    negatives: int = 4, task_weights: Sequence[float] | None = None, uncertainty: bool = False,
                    n_experts: int = 4, max_queries: int | None = None, max_valid_queries: int | None = None,
                    max_shown_per_query: int | None = None, eval_batch_size: int = 128,
-                   objective: str = "pointwise", rank_weight: float = 1.0, point_weight: float = 1.0,
+                   objective: str = "both", rank_weight: float = 1.0, point_weight: float = 1.0,
                    progress: bool = True) -> dict[str, Any]:
     """Train, validate per epoch, keep the best epoch, save to ``out_dir``; return a report.
 
