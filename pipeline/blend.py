@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from pipeline.data import Dataset, qrels_dict
 from pipeline.core.errors import DataError
@@ -79,6 +80,30 @@ def fit_fusion(dataset: Dataset, reranker: Any, retriever: Any, *,
     return fit
 
 
+def examination_propensities(dataset: Dataset, positions: str | os.PathLike[str] | None = None) -> list[float]:
+    """Examination probability per position, fitted by EM on the impression log.
+
+    ``positions``: a per-position log (query, product_id, position, impressions, clicks), as
+    the sample world writes in ``positions.parquet``; without one, the engagement's mean
+    positions are used, which the estimator flags as biased (a mean hides the spread).
+    """
+    from pipeline.data import read_table
+    from rerank.propensity import estimate_propensities
+
+    if positions is not None:
+        log = read_table(positions)
+        for col in ("position", "impressions", "clicks"):
+            if col in log.columns:
+                log[col] = pd.to_numeric(log[col], errors="coerce")
+    elif dataset.engagement is not None and "position" in dataset.engagement.columns:
+        log = dataset.engagement
+    else:
+        raise DataError("debias 'ipw' needs positions: a per-position log (--positions) or a 'position' "
+                        "column in the engagement log")
+    estimate = estimate_propensities(log)
+    return [float(t) for t in estimate.theta]
+
+
 def retriever_encoder_dir(retriever: Any) -> Path | None:
     """The fine-tuned retriever's Hugging Face folder, when the index names one on disk."""
     model_path = (getattr(retriever, "manifest", None) or {}).get("model_path")
@@ -89,6 +114,7 @@ def retriever_encoder_dir(retriever: Any) -> Path | None:
 def train_reranker_on_index(dataset: Dataset, out_dir: str | os.PathLike[str], *,
                             index_dir: str | os.PathLike[str] | None = None, candidates: int = 50,
                             retriever: Any = None, encoder_from_retriever: bool = True,
+                            positions: str | os.PathLike[str] | None = None,
                             **train_kwargs: Any) -> dict[str, Any]:
     """Train a reranker on retriever candidates, then fit and save its first-stage blend.
 
@@ -101,6 +127,8 @@ def train_reranker_on_index(dataset: Dataset, out_dir: str | os.PathLike[str], *
     """
     from rerank.train import train_reranker
 
+    if train_kwargs.get("debias") == "ipw" and train_kwargs.get("propensities") is None:
+        train_kwargs["propensities"] = examination_propensities(dataset, positions)
     if retriever is None and index_dir is not None:
         from retrieval.index import Retriever
 

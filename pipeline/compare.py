@@ -32,6 +32,7 @@ from pipeline.core.artifacts import atomic_write_text
 from pipeline.config import DEFAULT_DATA_DIR
 from pipeline.data import Dataset, load_dataset, qrels_dict
 from pipeline.core.errors import DataError
+from pipeline.core.runtime import DEFAULT_SEED
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "single_click": {"architecture": "single", "heads": "independent", "tasks": ("click",)},
@@ -84,7 +85,7 @@ def compare_rerankers(data_dir: str | os.PathLike[str] | None = None, out_dir: s
                       max_length: int = 32, batch_size: int = 32, learning_rate: float = 1e-4, train_queries: int | None = 80,
                       valid_queries: int | None = 10, test_queries: int | None = 30,
                       max_shown_per_query: int | None = 12, negatives: int = 4, adapt_steps: int = 40,
-                      int8: bool = True, weights: dict[str, float] | None = None, seed: int = 13,
+                      int8: bool = True, weights: dict[str, float] | None = None, seed: int = DEFAULT_SEED,
                       progress: bool = True) -> dict[str, Any]:
     """Train + evaluate every variant; write ``results.json`` in ``out_dir``; return the results.
 

@@ -33,7 +33,7 @@ DEFAULT_RETRIEVER_DIR = Path("models/retriever")
 DEFAULT_RERANKER_DIR = Path("models/reranker")
 DEFAULT_DOMAIN_BERT_DIR = Path("models/domain-bert")
 DEFAULT_INDEX_DIR = Path("indexes/default")
-DEFAULT_SEED = 13
+from pipeline.core.runtime import DEFAULT_SEED  # noqa: E402  (re-exported for the CLI)
 #: Inference backends for both encoders: "auto" = ONNX Runtime when exports exist, else torch.
 BACKENDS = ("auto", "onnx", "torch")
 #: Reranker precision for search and batch scoring. "auto" = int8 on ONNX Runtime (nDCG@10

@@ -26,7 +26,7 @@ import pandas as pd
 from pipeline.core.artifacts import atomic_directory, build_manifest, fingerprint_frame, write_manifest
 from pipeline.data import product_text
 from pipeline.core.errors import DataError
-from pipeline.core.runtime import seed_everything
+from pipeline.core.runtime import DEFAULT_SEED, seed_everything
 from rerank.model import bundled_encoder_path, encoder_checksum, quiet_transformers
 
 KIND = "domain-bert"
@@ -43,7 +43,7 @@ def catalog_corpus(catalog: pd.DataFrame) -> list[str]:
 
 def adapt_lm(catalog: pd.DataFrame, out_dir: str | os.PathLike[str], *, base: str | os.PathLike[str] | None = None,
              epochs: float = 1.0, max_steps: int = -1, batch_size: int = 16, max_length: int = 64,
-             learning_rate: float = 5e-5, mlm_probability: float = 0.15, seed: int = 13,
+             learning_rate: float = 5e-5, mlm_probability: float = 0.15, seed: int = DEFAULT_SEED,
              progress: bool = True) -> dict[str, Any]:
     """Run MLM on the catalog text and save an encoder folder usable as ``--encoder``; return a report."""
     from transformers import (AutoTokenizer, BertForMaskedLM, DataCollatorForLanguageModeling, PrinterCallback,

@@ -28,7 +28,7 @@ Labels (``label_mode``):
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,7 @@ import pandas as pd
 from pipeline.data import product_text
 from pipeline.core.errors import DataError
 from pipeline.core.tasks import COUNT_COLUMNS, TASKS
+from pipeline.core.runtime import DEFAULT_SEED
 
 LABEL_MODES = ("rate", "binary")
 
@@ -47,8 +48,9 @@ def text_lookup(catalog: pd.DataFrame) -> dict[str, str]:
 
 def _shown_rows(engagement: pd.DataFrame, queries: Sequence[str]) -> pd.DataFrame:
     wanted = set(queries)
+    cols = ["query", "product_id", "impressions", *COUNT_COLUMNS.values()]
     shown = engagement.loc[engagement["query"].isin(wanted),
-                           ["query", "product_id", "impressions", *COUNT_COLUMNS.values()]].copy()
+                           cols + (["position"] if "position" in engagement.columns else [])].copy()
     shown["product_id"] = shown["product_id"].astype(str)
     shown["source"] = "shown"
     return shown.reset_index(drop=True)
@@ -102,13 +104,21 @@ def _sampled_negatives(queries: Sequence[str], shown: pd.DataFrame, catalog_ids:
 
 def build_examples(engagement: pd.DataFrame, catalog: pd.DataFrame, queries: Sequence[str], *,
                    candidates: Mapping[str, Sequence[str]] | None = None, negatives: int = 4,
-                   label_mode: str = "rate", tasks: Sequence[str] = TASKS, seed: int = 13,
-                   max_shown_per_query: int | None = None) -> pd.DataFrame:
+                   label_mode: str = "rate", tasks: Sequence[str] = TASKS, seed: int = DEFAULT_SEED,
+                   max_shown_per_query: int | None = None,
+                   examination: Callable[[np.ndarray], np.ndarray] | None = None) -> pd.DataFrame:
     """Training pairs with per-task labels and weights.
 
     Columns: query, product_id, text, impressions, clicks, add_to_carts, purchases, source,
     ``y_<task>`` for each task, weight. Deterministic for a given seed.
     ``max_shown_per_query`` caps the shown rows per query (all engaged rows are kept).
+
+    ``examination`` (inverse-propensity debiasing, ``rate`` labels only): maps a row's mean
+    shown position to the probability that a shown product was looked at. Labels become
+    counts per *examined* impression (``count / (impressions * theta)``) and weights the
+    examined impressions: a product shown low on the page was skipped less than its raw
+    rate says, because it was seldom seen. Every task is divided, since carts and purchases
+    need a click first. Rows without a position keep their raw rate.
     """
     if label_mode not in LABEL_MODES:
         raise ValueError(f"unknown label mode {label_mode!r}; choose one of {', '.join(LABEL_MODES)}")
@@ -127,6 +137,10 @@ def build_examples(engagement: pd.DataFrame, catalog: pd.DataFrame, queries: Seq
     frame = frame.sort_values("group", kind="stable").reset_index(drop=True)
     frame["text"] = frame["product_id"].map(texts)
     imps = frame["impressions"].to_numpy(dtype=np.float64)
+    if examination is not None and label_mode == "rate" and "position" in frame.columns:
+        pos = frame["position"].to_numpy(dtype=np.float64)
+        theta = np.where(np.isfinite(pos), examination(pos), 1.0)
+        imps = imps * np.clip(theta, 1e-3, 1.0)
     for task in tasks:
         counts = frame[COUNT_COLUMNS[task]].to_numpy(dtype=np.float64)
         if label_mode == "binary":

@@ -24,7 +24,7 @@ import copy
 import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,7 +36,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from pipeline.core.artifacts import fingerprint_frame
 from pipeline.data import Dataset
 from pipeline.core.errors import DataError
-from pipeline.core.runtime import seed_everything
+from pipeline.core.runtime import DEFAULT_SEED, seed_everything
 from rerank.batching import GroupBatchSampler
 from rerank.data import build_eval_pairs, build_examples
 from rerank.evaluation import EngagementEvaluator
@@ -160,6 +160,17 @@ def _require(dataset: Dataset) -> None:
         raise DataError("train-reranker needs a queries table with a split column (queries.parquet or --queries)")
 
 
+DEBIAS_MODES = ("none", "ipw")
+
+
+def _examination(propensities: Sequence[float]) -> Callable[[np.ndarray], np.ndarray]:
+    """Position -> examination probability, from clipped inverse-propensity weights."""
+    from rerank.propensity import ipw_weights
+
+    theta = np.asarray(propensities, dtype=np.float64)
+    return lambda positions: 1.0 / ipw_weights(positions, theta)
+
+
 def pick_queries(queries: list[str], limit: int | None, seed: int) -> list[str]:
     """A seeded subsample of ``limit`` queries, in their original order (all if no limit)."""
     if limit is None or limit >= len(queries):
@@ -172,12 +183,13 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
                    candidates: Mapping[str, Sequence[str]] | None = None,
                    encoder: str | os.PathLike[str] | None = None,
                    architecture: str = "mmoe", heads: str = "funnel", tasks: Sequence[str] = TASKS,
-                   seed: int = 13, epochs: int = 2, batch_size: int = 32, learning_rate: float = 1e-4,
+                   seed: int = DEFAULT_SEED, epochs: int = 2, batch_size: int = 32, learning_rate: float = 1e-4,
                    head_learning_rate: float = 1e-3, max_length: int = 32, label_mode: str = "rate",
                    negatives: int = 4, task_weights: Sequence[float] | None = None, uncertainty: bool = False,
                    n_experts: int = 4, max_queries: int | None = None, max_valid_queries: int | None = None,
                    max_shown_per_query: int | None = None, eval_batch_size: int = 128,
                    objective: str = "both", rank_weight: float = 1.0, point_weight: float = 1.0,
+                   debias: str = "none", propensities: Sequence[float] | None = None,
                    progress: bool = True) -> dict[str, Any]:
     """Train, validate per epoch, keep the best epoch, save to ``out_dir``; return a report.
 
@@ -185,8 +197,14 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
     negatives and extra validation pairs come from them. ``None`` = random catalog negatives.
     ``objective``: ``pointwise`` | ``listwise`` | ``both`` (:class:`rerank.losses.MultiTaskLoss`,
     ``rank_weight`` = λ_rank, ``point_weight`` = λ_point); batches always hold whole queries.
+    ``debias``: ``none`` | ``ipw`` (labels per examined impression, with ``propensities`` =
+    examination probability per position 1..n, e.g. from :mod:`rerank.propensity`).
     """
     _require(dataset)
+    if debias not in DEBIAS_MODES:
+        raise ValueError(f"unknown debias mode {debias!r}; choose one of {', '.join(DEBIAS_MODES)}")
+    if debias == "ipw" and propensities is None:
+        raise ValueError("debias 'ipw' needs examination propensities per position")
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
     tasks = list(tasks)
@@ -198,7 +216,8 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
         raise DataError("queries: no rows with split == 'train'")
     examples = build_examples(dataset.engagement, dataset.catalog, train_q, candidates=candidates,
                               negatives=negatives, label_mode=label_mode, tasks=tasks, seed=seed,
-                              max_shown_per_query=max_shown_per_query)
+                              max_shown_per_query=max_shown_per_query,
+                              examination=_examination(propensities) if debias == "ipw" else None)
     valid_pairs = build_eval_pairs(dataset.engagement, dataset.catalog, valid_q, candidates=candidates)
     if valid_pairs.empty:
         raise DataError("queries: no validation pairs (no split == 'valid' queries with engagement)")
@@ -247,7 +266,8 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
     data_fp = fingerprint_frame(examples, ["query", "product_id", "source"] + label_cols + ["weight"])
     report: dict[str, Any] = {
         "out_dir": str(out_dir), "tasks": tasks, "architecture": architecture, "heads": heads,
-        "label_mode": label_mode, "objective": objective,
+        "label_mode": label_mode, "objective": objective, "debias": debias,
+        **({"propensities": [round(float(t), 4) for t in propensities]} if debias == "ipw" else {}),
         "loss_weights": {"rank": loss.rank_weight, "point": loss.point_weight}, "seed": seed,
         "max_length": max_length, "negatives": negatives, "max_shown_per_query": max_shown_per_query,
         "epochs": epochs, "best_epoch": keep_best.best_epoch,

@@ -106,3 +106,29 @@ def test_objectives_combine_per_task() -> None:
         MultiTaskLoss(tasks, objective="listwise")(logp, labels, weights)
     with pytest.raises(ValueError, match="unknown objective"):
         MultiTaskLoss(tasks, objective="pairwise")
+
+
+def test_ipw_labels_count_examined_impressions() -> None:
+    """A product shown low on the page was seldom seen: per examined impression its rate is
+    higher than the raw one, and it weighs only the impressions that were looked at."""
+    engagement, catalog = _world(n_engaged=2, n_skipped=2, queries=("sofa",))
+    engagement = engagement.assign(position=[1.0, 10.0, 1.0, 10.0][: len(engagement)])
+    theta = lambda pos: 1.0 / np.asarray(pos) ** 0.7  # noqa: E731
+    raw = build_examples(engagement, catalog, ["sofa"], negatives=0)
+    ipw = build_examples(engagement, catalog, ["sofa"], negatives=0, examination=theta)
+    merged = raw.merge(ipw, on="product_id", suffixes=("_raw", "_ipw")).merge(engagement[["product_id", "position"]])
+    top, low = merged[merged["position"] == 1.0], merged[merged["position"] == 10.0]
+    assert np.allclose(top["y_click_raw"], top["y_click_ipw"]) and np.allclose(top["weight_raw"], top["weight_ipw"])
+    clicked = low[low["clicks_raw"] > 0]
+    assert (clicked["y_click_ipw"] > clicked["y_click_raw"]).all()
+    assert (low["weight_ipw"] < low["weight_raw"]).all()
+
+
+def test_ipw_needs_propensities(tiny_data_dir) -> None:
+    from pipeline.data import load_dataset
+    from rerank.train import train_reranker
+
+    with pytest.raises(ValueError, match="propensities"):
+        train_reranker(load_dataset(tiny_data_dir), "unused", debias="ipw")
+    with pytest.raises(ValueError, match="debias"):
+        train_reranker(load_dataset(tiny_data_dir), "unused", debias="pal-ish")

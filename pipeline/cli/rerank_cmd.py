@@ -47,6 +47,12 @@ def _bad(exc: ValueError) -> None:
     raise ShoprankError(str(exc).splitlines()[0]) from None
 
 
+def _default_positions(data: Optional[Path]) -> Optional[Path]:
+    """The sample world's per-position log next to the data, when there is one."""
+    path = (data or DEFAULT_DATA_DIR) / "positions.parquet"
+    return path if path.is_file() else None
+
+
 @app.command("train-reranker")
 def train_reranker_cmd(
     data: Optional[Path] = _DATA, catalog: Optional[Path] = _CATALOG, engagement: Optional[Path] = _ENGAGEMENT,
@@ -66,6 +72,8 @@ def train_reranker_cmd(
     max_queries: Optional[int] = typer.Option(None, "--max-queries", min=1, help="Subsample train queries (speed)."),
     max_shown: Optional[int] = typer.Option(None, "--max-shown", min=1, help="Shown rows per query (at most half engaged, the rest skipped)."),
     objective: str = typer.Option("both", "--objective", help="pointwise (funnel BCE) | listwise (ListNet per query) | both."),
+    debias: str = typer.Option("none", "--debias", help="none | ipw (labels per examined impression, position bias fitted by EM)."),
+    positions: Optional[Path] = typer.Option(None, "--positions", help="Per-position impression log for --debias ipw (default: positions.parquet in --data, else the engagement's mean positions)."),
     index: Optional[Path] = typer.Option(None, "--index", help="Index whose retriever gives candidates; also fits the first-stage blend on valid."),
     candidates: int = typer.Option(50, "--candidates", min=1, help="Retriever candidates per query (with --index)."),
     seed: int = typer.Option(DEFAULT_SEED, "--seed"),
@@ -84,7 +92,8 @@ def train_reranker_cmd(
                 architecture=architecture, heads=heads, tasks=[t.strip() for t in tasks.split(",") if t.strip()],
                 label_mode=label_mode, task_weights=weights, uncertainty=uncertainty, epochs=epochs,
                 batch_size=batch_size, max_length=max_length, negatives=negatives, max_queries=max_queries,
-                max_shown_per_query=max_shown, seed=seed, progress=not json_out)
+                max_shown_per_query=max_shown, seed=seed, progress=not json_out, debias=debias,
+                positions=positions or _default_positions(data))
     except ValueError as exc:
         _bad(exc)
     report = public_report(report)

@@ -15,6 +15,9 @@ import os
 import random
 from types import ModuleType
 
+#: The one default seed of every command and library function (data, sampling, training).
+DEFAULT_SEED: int = 13
+
 _OFFLINE_VARS = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",

@@ -42,6 +42,7 @@ import pandas as pd
 from pipeline.world import vocab as V
 from pipeline.data import write_parquet
 from pipeline.world.simulate import UserModel, examination_propensity, funnel_rates, simulate_engagement
+from pipeline.core.runtime import DEFAULT_SEED
 
 SPLIT_SHARES = (("train", 0.7), ("valid", 0.15), ("test", 0.15))
 UNSEEN_SPLIT = "unseen"
@@ -457,7 +458,7 @@ def _lookalike_share(queries: pd.DataFrame, catalog: pd.DataFrame, index: dict[s
     return hits / len(main_q)
 
 
-def generate_sample(n_products: int = 5000, n_queries: int = 1000, seed: int = 13) -> SampleWorld:
+def generate_sample(n_products: int = 5000, n_queries: int = 1000, seed: int = DEFAULT_SEED) -> SampleWorld:
     """Build the whole sample world in memory (deterministic for a seed)."""
     if n_products < 4 * len(V.CATEGORIES):
         raise ValueError(f"--products must be at least {4 * len(V.CATEGORIES)} (4 per category)")
@@ -548,7 +549,7 @@ def _readme(stats: dict, seed: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_sample(out_dir: str | Path, n_products: int = 5000, n_queries: int = 1000, seed: int = 13) -> dict:
+def write_sample(out_dir: str | Path, n_products: int = 5000, n_queries: int = 1000, seed: int = DEFAULT_SEED) -> dict:
     """Generate the sample world and write it (atomically) to ``out_dir``; return stats."""
     from pipeline.core.artifacts import atomic_directory
 

@@ -29,6 +29,7 @@ import pandas as pd
 from pipeline.data import ENGAGEMENT_COLUMNS, product_text
 from pipeline.core.errors import DataError
 from pipeline.core.text import content_words
+from pipeline.core.runtime import DEFAULT_SEED
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def examination_propensity(model: UserModel) -> np.ndarray:
     return 1.0 / np.arange(1, model.slots + 1, dtype=np.float64) ** model.examine_power
 
 
-def simulate_engagement(qrels: pd.DataFrame, catalog: pd.DataFrame, *, seed: int = 13,
+def simulate_engagement(qrels: pd.DataFrame, catalog: pd.DataFrame, *, seed: int = DEFAULT_SEED,
                         model: UserModel | None = None,
                         return_positions: bool = False) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """Simulate logged engagement for the judged (query, product) pairs in ``qrels``.
@@ -222,7 +223,7 @@ def funnel_rates(engagement: pd.DataFrame) -> dict[str, float]:
     }
 
 
-def engagement_from_labels(qrels: str | Path, catalog: str | Path, out: str | Path, *, seed: int = 13,
+def engagement_from_labels(qrels: str | Path, catalog: str | Path, out: str | Path, *, seed: int = DEFAULT_SEED,
                            mapping: str | Path | None = None) -> dict:
     """`pipeline simulate-engagement`: load a labelled dataset (through the schema mapping),
     simulate engagement with the same user model as the sample world, write Parquet.
@@ -246,7 +247,7 @@ def engagement_from_labels(qrels: str | Path, catalog: str | Path, out: str | Pa
 
 
 def propensity_report(log: str | Path, *, max_position: int = 20, against_simulator: bool = False,
-                      seed: int = 13) -> dict:
+                      seed: int = DEFAULT_SEED) -> dict:
     """`pipeline estimate-propensity`: examination propensity per position, fitted on a log.
 
     ``log`` is a per-position impression log (``positions.parquet`` of the sample world, or a
