@@ -34,6 +34,7 @@ from pipeline.core.artifacts import (
     recover_directory, remember_sha256, write_manifest,
 )
 from pipeline.core.errors import ArtifactError, DataError
+from pipeline.core.runtime import DEFAULT_SEED
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -133,7 +134,7 @@ def measure_latency(index: Any, vectors: np.ndarray, k: int = 100, n_queries: in
 
 def build_from_vectors(vectors: np.ndarray, ids: Sequence[str], out_dir: str | os.PathLike[str], *,
                        index_type: str = "flat", factory: str | None = None, model: dict[str, Any] | None = None,
-                       catalog_fingerprint: str | None = None, seed: int = 13, **params: Any) -> dict[str, Any]:
+                       catalog_fingerprint: str | None = None, seed: int = DEFAULT_SEED, **params: Any) -> dict[str, Any]:
     """Build and save an index from precomputed unit vectors (the encoder-free core of
     :func:`build_index`; the benchmark uses it on synthetic vectors)."""
     faiss = _faiss()

@@ -27,7 +27,7 @@ import numpy as np
 
 from pipeline.core.artifacts import atomic_directory, build_manifest, fingerprint_frame, sha256_file, write_manifest
 from pipeline.core.errors import DataError
-from pipeline.core.runtime import seed_everything
+from pipeline.core.runtime import DEFAULT_SEED, seed_everything
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -51,7 +51,7 @@ def engagement_pairs(engagement: "pd.DataFrame", queries: set[str]) -> "pd.DataF
 
 def mine_hard_negatives(pairs: "pd.DataFrame", engaged: dict[str, set[str]], query_vecs: dict[str, np.ndarray],
                         product_vecs: np.ndarray, product_ids: list[str], *, top_k: int = 30,
-                        margin: float = 0.95, seed: int = 13) -> list[str | None]:
+                        margin: float = 0.95, seed: int = DEFAULT_SEED) -> list[str | None]:
     """One hard negative per pair from the query's top-``top_k`` products under the current
     model, skipping anything the query engaged with and anything scoring within ``margin``
     of the positive (likely an unlabelled positive). ``None`` when no candidate qualifies."""
@@ -73,7 +73,7 @@ def mine_hard_negatives(pairs: "pd.DataFrame", engaged: dict[str, set[str]], que
 
 
 def build_training_rows(dataset: "Dataset", encoder: "BiEncoder", *, hard_negatives: bool = True,
-                        max_rows: int | None = None, seed: int = 13, show_progress: bool = True,
+                        max_rows: int | None = None, seed: int = DEFAULT_SEED, show_progress: bool = True,
                         product_vecs: np.ndarray | None = None) -> dict[str, list[str]]:
     """Columns (anchor, positive[, negative]) for the trainer, depth-weighted and shuffled.
 
@@ -125,7 +125,7 @@ def build_training_rows(dataset: "Dataset", encoder: "BiEncoder", *, hard_negati
 def train_retriever(dataset: "Dataset", out_dir: str | os.PathLike[str], *, base_model: str | os.PathLike[str] | None = None,
                     epochs: int = 2, batch_size: int = 32, learning_rate: float = 5e-5, max_seq_length: int = 64,
                     hard_negatives: bool = True, max_rows: int | None = 1536, max_steps: int = -1,
-                    seed: int = 13, compare: bool = True, show_progress: bool = True) -> dict[str, Any]:
+                    seed: int = DEFAULT_SEED, compare: bool = True, show_progress: bool = True) -> dict[str, Any]:
     """Fine-tune a bi-encoder on engagement and save it to ``out_dir``; returns a report with
     per-epoch validation metrics and (``compare=True``) the test-split comparison table."""
     from pipeline.data import product_text
