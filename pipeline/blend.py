@@ -10,12 +10,11 @@ manifest, where every serving path reads it.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from pipeline.data import Dataset, qrels_dict
 from pipeline.core.errors import DataError
@@ -87,14 +86,11 @@ def examination_propensities(dataset: Dataset, positions: str | os.PathLike[str]
     the sample world writes in ``positions.parquet``; without one, the engagement's mean
     positions are used, which the estimator flags as biased (a mean hides the spread).
     """
-    from pipeline.data import read_table
+    from pipeline.data import load_position_log
     from rerank.propensity import estimate_propensities
 
     if positions is not None:
-        log = read_table(positions)
-        for col in ("position", "impressions", "clicks"):
-            if col in log.columns:
-                log[col] = pd.to_numeric(log[col], errors="coerce")
+        log = load_position_log(positions)
     elif dataset.engagement is not None and "position" in dataset.engagement.columns:
         log = dataset.engagement
     else:

@@ -33,6 +33,8 @@ DEFAULT_RETRIEVER_DIR = Path("models/retriever")
 DEFAULT_RERANKER_DIR = Path("models/reranker")
 DEFAULT_DOMAIN_BERT_DIR = Path("models/domain-bert")
 DEFAULT_INDEX_DIR = Path("indexes/default")
+#: File name of a per-position impression log next to the other data files.
+POSITIONS_FILE = "positions.parquet"
 from pipeline.core.runtime import DEFAULT_SEED  # noqa: E402  (re-exported for the CLI)
 #: Inference backends for both encoders: "auto" = ONNX Runtime when exports exist, else torch.
 BACKENDS = ("auto", "onnx", "torch")

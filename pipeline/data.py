@@ -412,6 +412,16 @@ def load_qrels(source: str | Path | pd.DataFrame, mapping: Mapping | str | Path 
     return out.reset_index(drop=True)
 
 
+def load_position_log(path: str | Path) -> pd.DataFrame:
+    """A per-position impression log (query, product_id, position, impressions, clicks) with
+    its count columns numeric; validation of the values is the estimator's job."""
+    frame = read_table(path)
+    for col in ("position", "impressions", "clicks"):
+        if col in frame.columns:
+            frame[col] = pd.to_numeric(frame[col], errors="coerce")
+    return frame
+
+
 def write_parquet(frame: pd.DataFrame, path: str | Path) -> None:
     """Deterministic Parquet: no index and no pandas metadata, so the same frame always
     gives the same bytes (the sample world's reproducibility contract)."""

@@ -12,7 +12,7 @@ from typing import Any, Optional
 import typer
 
 from pipeline.cli._app import app, emit_json, info, print_table
-from pipeline.config import DEFAULT_DATA_DIR, DEFAULT_SEED
+from pipeline.config import DEFAULT_DATA_DIR, DEFAULT_SEED, POSITIONS_FILE
 
 _MAPPING = typer.Option(None, "--mapping", help="Schema-mapping TOML (column renames, attribute joins, label maps).")
 
@@ -87,7 +87,7 @@ def validate(
 
 @app.command("estimate-propensity")
 def estimate_propensity(
-    log: Path = typer.Option(Path(DEFAULT_DATA_DIR) / "positions.parquet", "--log",
+    log: Path = typer.Option(Path(DEFAULT_DATA_DIR) / POSITIONS_FILE, "--log",
                              help="Per-position impression log (query, product_id, position, impressions, clicks)."),
     max_position: int = typer.Option(20, "--max-position", min=1, help="Deepest position to estimate."),
     simulator: bool = typer.Option(False, "--against-simulator", help="Compare with the sample world's true propensities."),

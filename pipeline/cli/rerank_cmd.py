@@ -12,7 +12,8 @@ from typing import Any, Optional
 import typer
 
 from pipeline.cli._app import app, emit_json, info, print_table
-from pipeline.config import DEFAULT_DATA_DIR, DEFAULT_DOMAIN_BERT_DIR, DEFAULT_RERANKER_DIR, DEFAULT_SEED
+from pipeline.config import (DEFAULT_DATA_DIR, DEFAULT_DOMAIN_BERT_DIR, DEFAULT_RERANKER_DIR, DEFAULT_SEED,
+                             POSITIONS_FILE)
 
 _DATA = typer.Option(None, "--data", help="Dataset directory (catalog/engagement/queries .parquet).")
 _CATALOG = typer.Option(None, "--catalog", help="Catalog file (overrides --data's).")
@@ -49,7 +50,7 @@ def _bad(exc: ValueError) -> None:
 
 def _default_positions(data: Optional[Path]) -> Optional[Path]:
     """The sample world's per-position log next to the data, when there is one."""
-    path = (data or DEFAULT_DATA_DIR) / "positions.parquet"
+    path = (data or DEFAULT_DATA_DIR) / POSITIONS_FILE
     return path if path.is_file() else None
 
 

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.world import vocab as V
+from pipeline.config import POSITIONS_FILE
 from pipeline.data import write_parquet
 from pipeline.world.simulate import UserModel, examination_propensity, funnel_rates, simulate_engagement
 from pipeline.core.runtime import DEFAULT_SEED
@@ -561,7 +562,7 @@ def write_sample(out_dir: str | Path, n_products: int = 5000, n_queries: int = 1
         write_parquet(world.engagement, tmp / "engagement.parquet")
         write_parquet(world.queries, tmp / "queries.parquet")
         write_parquet(world.qrels, tmp / "qrels.parquet")
-        write_parquet(world.positions, tmp / "positions.parquet")
+        write_parquet(world.positions, tmp / POSITIONS_FILE)
         (tmp / "README.md").write_text(_readme(stats, seed), encoding="utf-8")
     stats["seconds"] = round(time.perf_counter() - started, 2)
     stats["out_dir"] = str(out_dir)

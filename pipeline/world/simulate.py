@@ -256,14 +256,10 @@ def propensity_report(log: str | Path, *, max_position: int = 20, against_simula
     and the relative error of the estimate, the check that position-bias correction
     recovers a known truth.
     """
-    from pipeline.data import read_table
+    from pipeline.data import load_position_log
     from rerank.propensity import compare_to_truth, estimate_propensities
 
-    frame = read_table(log)
-    for col in ("impressions", "clicks", "position"):
-        if col in frame.columns:
-            frame[col] = pd.to_numeric(frame[col], errors="coerce")
-    est = estimate_propensities(frame, max_position=max_position, seed=seed)
+    est = estimate_propensities(load_position_log(log), max_position=max_position, seed=seed)
     rows = [{"position": int(p), "propensity": float(t), "impressions": int(n)}
             for p, t, n in zip(est.positions, est.theta, est.impressions)]
     report: dict = {"log": str(log), "input": est.input_kind, "anchor_position": int(est.anchor),
