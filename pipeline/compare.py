@@ -1,55 +1,62 @@
-"""`pipeline compare-rerankers`: one command that trains and evaluates every reranker variant
-on the sample world's test split, reranking the fine-tuned retriever's top-100.
+"""`pipeline compare-rerankers`: every reranker variant, trained and served the way the
+product does it, over several seeds, against the retriever it reranks.
 
-Rows: retrieval only, single-task click, single-task purchase, shared-bottom, MMoE with
-independent heads, MMoE with funnel heads, MMoE + domain adaptation (and the int8 MMoE on
-ONNX Runtime and on torch dynamic quantisation, to measure the quantisation cost), and MMoE
-funnel trained with the listwise objective and with both objectives (the rows without an
-objective in their name are pointwise). Columns: NDCG@10 graded by ground-truth relevance, and per
-task (click, add_to_cart, purchase) NDCG@10 graded by that task's engagement counts and AUC
-(see :mod:`rerank.evaluation`).
+Each variant is trained by :func:`rerank.train.train_reranker` on the retriever's
+candidates (the encoder starts from the fine-tuned retriever unless the variant says
+otherwise), its first-stage blend is fitted on the *valid* split (:func:`pipeline.blend.fit_fusion`),
+and it is then scored as the searcher serves it: the retriever's top ``candidates`` per
+test (and ``unseen``) query, reordered by the blended score. So a row is what a user of
+that variant would get, and ``retrieval_only`` is what they get without stage 2.
 
-Why it lives in pipeline/: it needs both stages (retriever candidates feed the reranker),
-and stages never import each other. Every variant is trained on the *same* reduced data
-(same queries, same sampled negatives, same seed), so differences come from the model.
+Per variant and seed: relevance nDCG@10 blended (the served order) and unblended (the
+model's order alone), per-task engagement nDCG@10 / AUC over the candidates, and the
+within-query AUC of each task's probability among a query's shown products, next to the
+retrieval score's on the same products. Over seeds: the mean and a 95% Student-t interval,
+and a paired bootstrap over test queries of the seed-averaged per-query nDCG@10 against
+retrieval only (:func:`pipeline.core.metrics.paired_bootstrap`).
 
-CPU budget: the full sample world is far too big to train seven cross-encoders on 2 cores,
-so the defaults subsample queries and cap skipped rows per query; the flags scale it up.
+Why it lives in pipeline/: it needs both stages, and stages never import each other.
 """
 from __future__ import annotations
 
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.core.artifacts import atomic_write_text
 from pipeline.config import DEFAULT_DATA_DIR
-from pipeline.data import Dataset, load_dataset, qrels_dict
+from pipeline.core.artifacts import atomic_write_text
 from pipeline.core.errors import DataError
 from pipeline.core.runtime import DEFAULT_SEED
+from pipeline.core.tasks import COUNT_COLUMNS, TASKS
+from pipeline.data import Dataset, load_dataset, qrels_dict
 
+#: Variant name -> the train_reranker settings that differ from the default reranker.
 VARIANTS: dict[str, dict[str, Any]] = {
+    "mmoe_funnel": {},
     "single_click": {"architecture": "single", "heads": "independent", "tasks": ("click",)},
     "single_purchase": {"architecture": "single", "heads": "independent", "tasks": ("purchase",)},
     "shared_bottom": {"architecture": "shared_bottom", "heads": "funnel"},
     "mmoe_independent": {"architecture": "mmoe", "heads": "independent"},
-    "mmoe_funnel": {"architecture": "mmoe", "heads": "funnel"},
-    "mmoe_funnel_domain": {"architecture": "mmoe", "heads": "funnel", "domain": True},
-    "mmoe_funnel_listwise": {"architecture": "mmoe", "heads": "funnel", "objective": "listwise"},
-    "mmoe_funnel_both": {"architecture": "mmoe", "heads": "funnel", "objective": "both"},
+    "mmoe_funnel_pointwise": {"objective": "pointwise"},
+    "mmoe_funnel_listwise": {"objective": "listwise"},
+    "mmoe_funnel_ipw": {"debias": "ipw"},
+    "mmoe_funnel_minilm": {"init": "minilm"},
 }
-# Run order (table order is VARIANTS'): the rows the acceptance checks need come first, and
-# results.json is rewritten after every variant, so a run cut short still answers them.
-RUN_ORDER = ("mmoe_funnel", "single_purchase", "single_click", "shared_bottom", "mmoe_independent",
-             "mmoe_funnel_domain", "mmoe_funnel_listwise", "mmoe_funnel_both")
-COLUMNS = ["system", "ndcg@10", "click_ndcg@10", "click_auc", "add_to_cart_ndcg@10", "add_to_cart_auc",
-           "purchase_ndcg@10", "purchase_auc", "train_seconds"]
+#: The default reranker (what `train-reranker` and the demo build) is this row.
+DEFAULT_VARIANT = "mmoe_funnel"
+#: Run order: the rows the acceptance checks read come first, and results.json is rewritten
+#: after every (seed, variant), so a run cut short still answers them.
+RUN_ORDER = tuple(VARIANTS)
+COLUMNS = ["system", "seeds", "ndcg@10", "ci95", "vs_retrieval", "unblended", "retrieval_weight",
+           "click_wq_auc", "add_to_cart_wq_auc", "purchase_wq_auc", "purchase_ndcg@10", "unseen_ndcg@10",
+           "unseen_vs_retrieval", "train_seconds"]
+_EVAL_SPLITS = ("test", "unseen")
 
 
 def _reduced(dataset: Dataset, keep: set[str]) -> Dataset:
@@ -78,23 +85,183 @@ def _retriever(dataset: Dataset, work: Path, index_dir: Path | None, retriever_d
     return Retriever.load(work / "index", encoder), info
 
 
+def _by_query(queries: Sequence[str]) -> dict[str, list[int]]:
+    rows: dict[str, list[int]] = {}
+    for i, q in enumerate(queries):
+        rows.setdefault(q, []).append(i)
+    return rows
+
+
+def within_query_auc(queries: Sequence[str], labels: np.ndarray, scores: np.ndarray) -> float:
+    """Mean over queries of the AUC among that query's rows (queries with one class skipped).
+
+    Why within a query: a reranker only ever orders one query's candidates, so an AUC over
+    all pairs would reward learning which queries convert, not which products do.
+    """
+    from pipeline.core import metrics
+
+    values = [metrics.auc(labels[idx], scores[idx]) for idx in _by_query(queries).values()]
+    values = [v for v in values if not np.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+class _Split:
+    """One evaluation split, fixed across variants: candidate pairs with their retrieval
+    scores and engagement counts, the shown products with their retrieval scores, qrels."""
+
+    def __init__(self, dataset: Dataset, retriever: Any, queries: Sequence[str], candidates: int,
+                 qrels: Mapping[str, Mapping[str, int]]) -> None:
+        from rerank.data import build_eval_pairs, text_lookup
+
+        self.queries = [q for q in queries if q in qrels]
+        self.qrels = {q: dict(qrels[q]) for q in self.queries}
+        ids, scores = retriever.search(self.queries, k=candidates)
+        cands = {q: [str(p) for p in row] for q, row in zip(self.queries, ids)}
+        score_of = {(q, str(p)): float(s) for q, row, sc in zip(self.queries, ids, scores) for p, s in zip(row, sc)}
+        self.pairs = build_eval_pairs(dataset.engagement, dataset.catalog, self.queries, candidates=cands,
+                                      include_shown=False)
+        self.retrieval = np.array([score_of[(q, p)] for q, p in zip(self.pairs["query"], self.pairs["product_id"])])
+        texts = text_lookup(dataset.catalog)
+        eng = dataset.engagement
+        shown = eng[eng["query"].isin(set(self.queries)) & eng["product_id"].astype(str).isin(texts.keys())]
+        self.shown_queries = shown["query"].astype(str).tolist()
+        self.shown_texts = [texts[str(p)] for p in shown["product_id"]]
+        self.shown_labels = {t: shown[COUNT_COLUMNS[t]].to_numpy() > 0 for t in TASKS}
+        encoder = retriever.encoder
+        qv = encoder.encode_queries(self.shown_queries)
+        pv = encoder.encode_products(self.shown_texts, show_progress=False)
+        self.shown_retrieval = np.einsum("ij,ij->i", qv, pv)
+
+    def per_query(self, score: np.ndarray) -> dict[str, float]:
+        from pipeline.core import metrics
+
+        run: dict[str, dict[str, float]] = {}
+        for q, p, s in zip(self.pairs["query"], self.pairs["product_id"], score):
+            run.setdefault(q, {})[p] = float(s)
+        return metrics.per_query(run, self.qrels, ("nDCG@10",))["nDCG@10"]
+
+    def retrieval_row(self) -> dict[str, Any]:
+        from rerank.evaluation import ranking_metrics
+
+        row = {k: v for k, v in ranking_metrics(self.pairs, self.retrieval, None, self.qrels).items()
+               if k != "ndcg@10"}
+        row["per_query"] = self.per_query(self.retrieval)
+        row["ndcg@10"] = float(np.mean(list(row["per_query"].values())))
+        for task in TASKS:
+            row[f"{task}_wq_auc"] = within_query_auc(self.shown_queries, self.shown_labels[task], self.shown_retrieval)
+        return row
+
+    def model_row(self, model: Any, retrieval_weight: float, weights: Mapping[str, float] | None) -> dict[str, Any]:
+        """The served (blended) order's metrics, the model's own order's, and within-query AUCs."""
+        from rerank.evaluation import model_metrics
+        from rerank.fusion import blend_by_query, fuse
+
+        probs = model.predict(self.pairs["query"].tolist(), self.pairs["text"].tolist(), batch_size=128)
+        tasks = list(model.tasks)
+        own = probs[:, 0].astype(np.float64) if len(tasks) == 1 else fuse(probs, tasks, weights)
+        served = blend_by_query(self.pairs["query"].tolist(), own, self.retrieval, 1.0 - retrieval_weight)
+        row = {k: v for k, v in model_metrics(self.pairs, probs, tasks, self.qrels, weights).items() if k != "ndcg@10"}
+        row["per_query"] = self.per_query(served)
+        row["ndcg@10"] = float(np.mean(list(row["per_query"].values())))
+        row["unblended"] = float(np.mean(list(self.per_query(own).values())))
+        shown = model.predict(self.shown_queries, self.shown_texts, batch_size=128)
+        shown_own = shown[:, 0].astype(np.float64) if len(tasks) == 1 else fuse(shown, tasks, weights)
+        for task in TASKS:
+            score = shown[:, tasks.index(task)] if task in tasks else shown_own
+            row[f"{task}_wq_auc"] = within_query_auc(self.shown_queries, self.shown_labels[task], score)
+        return row
+
+
+def _interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and 95% Student-t interval over seeds (the interval is the mean alone for one seed)."""
+    from scipy import stats
+
+    x = np.asarray([v for v in values if not np.isnan(v)], dtype=np.float64)
+    if not len(x):
+        return float("nan"), float("nan"), float("nan")
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, mean, mean
+    half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
+    return mean, mean - half, mean + half
+
+
+def _mean_per_query(runs: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    return {q: float(np.mean([r[q] for r in runs])) for q in runs[0]}
+
+
+def summarise(raw: Mapping[str, Any], retrieval: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One table row per system: means over seeds, the seed interval of nDCG@10, and the
+    paired bootstrap (test and unseen) of the seed-averaged per-query nDCG@10 vs retrieval."""
+    from pipeline.core import metrics
+
+    rows = [{"system": "retrieval_only", "seeds": 0,
+             **{k: round(float(v), 4) for k, v in retrieval["test"].items() if k != "per_query"},
+             "unseen_ndcg@10": round(retrieval["unseen"]["ndcg@10"], 4) if "unseen" in retrieval else None}]
+    for name, runs in raw.items():
+        if not runs:
+            continue
+        row: dict[str, Any] = {"system": name, "seeds": len(runs)}
+        mean, low, high = _interval([r["test"]["ndcg@10"] for r in runs])
+        row.update({"ndcg@10": round(mean, 4), "ci95": f"{low:.4f}…{high:.4f}",
+                    "ndcg@10_ci_low": round(low, 4), "ndcg@10_ci_high": round(high, 4)})
+        keys = [k for k in runs[0]["test"] if k not in ("per_query", "ndcg@10")]
+        row.update({k: round(float(np.nanmean([r["test"][k] for r in runs])), 4) for k in keys})
+        row["retrieval_weight"] = round(float(np.mean([r["retrieval_weight"] for r in runs])), 3)
+        row["train_seconds"] = round(float(np.mean([r["train_seconds"] for r in runs])), 1)
+        for split, prefix in (("test", ""), ("unseen", "unseen_")):
+            if split not in retrieval or split not in runs[0]:
+                continue
+            if prefix:
+                row[f"{prefix}ndcg@10"] = round(float(np.mean([r[split]["ndcg@10"] for r in runs])), 4)
+            boot = metrics.paired_bootstrap(_mean_per_query([r[split]["per_query"] for r in runs]),
+                                            retrieval[split]["per_query"])
+            row[f"{prefix}vs_retrieval"] = f"{boot['diff']:+.4f} ({boot['ci_low']:+.4f}…{boot['ci_high']:+.4f})"
+            row[f"{prefix}diff"] = round(boot["diff"], 4)
+            row[f"{prefix}diff_ci_low"] = round(boot["ci_low"], 4)
+            row[f"{prefix}diff_ci_high"] = round(boot["ci_high"], 4)
+        rows.append(row)
+    return rows
+
+
+def acceptance(rows: Sequence[Mapping[str, Any]], retrieval: Mapping[str, Any]) -> dict[str, Any]:
+    """The issue's checks, read off the summary rows (only those whose rows exist)."""
+    by = {r["system"]: r for r in rows}
+    checks: dict[str, Any] = {}
+    default = by.get(DEFAULT_VARIANT)
+    if default is None:
+        return checks
+    checks["default_gain_ndcg@10"] = default.get("diff")
+    checks["default_gain_ge_0.03"] = bool(default.get("diff", -1) >= 0.03)
+    checks["default_gain_ci_above_0"] = bool(default.get("diff_ci_low", -1) > 0)
+    for task in TASKS:
+        checks[f"{task}_wq_auc_above_retrieval"] = bool(
+            default[f"{task}_wq_auc"] > retrieval["test"][f"{task}_wq_auc"])
+    if "single_purchase" in by:
+        checks["mmoe_purchase_ndcg_ge_single_purchase"] = bool(
+            default["purchase_ndcg@10"] >= by["single_purchase"]["purchase_ndcg@10"])
+    if "unseen_diff" in default:
+        checks["unseen_no_negative_transfer"] = bool(default["unseen_diff"] >= -0.01)
+    return checks
+
+
 def compare_rerankers(data_dir: str | os.PathLike[str] | None = None, out_dir: str | os.PathLike[str] = "runs/compare-rerankers",
                       *, index_dir: str | os.PathLike[str] | None = None,
-                      retriever_dir: str | os.PathLike[str] | None = None, retriever_steps: int = 100,
-                      variants: Sequence[str] | None = None, candidates: int = 100, epochs: int = 2,
-                      max_length: int = 32, batch_size: int = 32, learning_rate: float = 1e-4, train_queries: int | None = 80,
-                      valid_queries: int | None = 10, test_queries: int | None = 30,
-                      max_shown_per_query: int | None = 12, negatives: int = 4, adapt_steps: int = 40,
-                      int8: bool = True, weights: dict[str, float] | None = None, seed: int = DEFAULT_SEED,
-                      progress: bool = True) -> dict[str, Any]:
-    """Train + evaluate every variant; write ``results.json`` in ``out_dir``; return the results.
+                      retriever_dir: str | os.PathLike[str] | None = None, retriever_steps: int = 200,
+                      variants: Sequence[str] | None = None, seeds: int = 1, candidates: int = 50, epochs: int = 2,
+                      max_length: int | None = None, batch_size: int = 32, learning_rate: float = 1e-4,
+                      train_queries: int | None = None, valid_queries: int | None = None,
+                      test_queries: int | None = None, max_shown_per_query: int | None = 8, negatives: int = 3,
+                      int8: bool = True, propensity: bool = True, weights: dict[str, float] | None = None,
+                      seed: int = DEFAULT_SEED, progress: bool = True) -> dict[str, Any]:
+    """Train + evaluate every variant for ``seeds`` seeds (``seed``, ``seed+1``, …); write
+    ``results.json`` in ``out_dir`` after every run; return the results.
 
-    ``weights``: fusion weights for the multi-task rows' ranking score (default
-    :data:`rerank.fusion.DEFAULT_WEIGHTS`).
+    The query subsets (``*_queries``: a seeded sample, all by default) and the retriever are
+    the same for every variant and seed, so rows differ only by the model and its seed.
+    ``max_length`` ``None`` = the trainer's default.
     """
-    from rerank.adapt import adapt_lm
-    from rerank.data import build_eval_pairs
-    from rerank.evaluation import model_metrics, ranking_metrics
+    from pipeline.blend import examination_propensities, fit_fusion, retriever_candidates, retriever_encoder_dir
     from rerank.train import pick_queries, train_reranker
 
     started = time.time()
@@ -102,6 +269,8 @@ def compare_rerankers(data_dir: str | os.PathLike[str] | None = None, out_dir: s
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise DataError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    if seeds < 1:
+        raise DataError(f"--seeds must be at least 1, got {seeds}")
     dataset = load_dataset(data_dir or DEFAULT_DATA_DIR)
     if dataset.engagement is None or dataset.queries is None or dataset.qrels is None:
         raise DataError(f"{data_dir or DEFAULT_DATA_DIR}: compare-rerankers needs engagement, queries and qrels")
@@ -109,87 +278,80 @@ def compare_rerankers(data_dir: str | os.PathLike[str] | None = None, out_dir: s
     work.mkdir(parents=True, exist_ok=True)
     retriever, retr_info = _retriever(dataset, work, Path(index_dir) if index_dir else None,
                                       Path(retriever_dir) if retriever_dir else None, retriever_steps, seed, progress)
-    chosen = {split: pick_queries(dataset.split_queries(split), limit, seed)
-              for split, limit in (("train", train_queries), ("valid", valid_queries), ("test", test_queries))}
-    all_q = [q for qs in chosen.values() for q in qs]
-    ids, scores = retriever.search(all_q, k=candidates)
-    cands = {q: list(i) for q, i in zip(all_q, ids)}
-    retrieval_score = {(q, str(p)): float(s) for q, row, sc in zip(all_q, ids, scores) for p, s in zip(row, sc)}
-    small = _reduced(dataset, set(all_q))
+    limits = {"train": train_queries, "valid": valid_queries, "test": test_queries, "unseen": test_queries}
+    chosen = {split: pick_queries(dataset.split_queries(split), limit, seed) for split, limit in limits.items()}
+    small = _reduced(dataset, {q for split in ("train", "valid") for q in chosen[split]})
     qrels = qrels_dict(dataset.qrels)
-    test_pairs = build_eval_pairs(dataset.engagement, dataset.catalog, chosen["test"], candidates=cands,
-                                  include_shown=False)
-    base_score = np.array([retrieval_score[(q, p)] for q, p in zip(test_pairs["query"], test_pairs["product_id"])])
-    rows: list[dict[str, Any]] = [{"system": "retrieval_only", **ranking_metrics(test_pairs, base_score, None, qrels)}]
-    domain_dir: Path | None = None
-    reports: dict[str, Any] = {}
-    config = {"data_dir": str(data_dir or DEFAULT_DATA_DIR), "candidates": candidates, "epochs": epochs,
-              "max_length": max_length, "batch_size": batch_size, "learning_rate": learning_rate,
-              "train_queries": len(chosen["train"]), "valid_queries": len(chosen["valid"]),
-              "test_queries": len(chosen["test"]), "test_pairs": len(test_pairs),
-              "max_shown_per_query": max_shown_per_query, "negatives": negatives, "adapt_steps": adapt_steps,
-              "seed": seed, "fusion_weights": weights, **retr_info}
-    for name in names:
-        spec = dict(VARIANTS[name])
-        encoder = None
-        if spec.pop("domain", False):
-            if domain_dir is None:
-                domain_dir = work / "domain-bert"
-                reports["adapt_lm"] = adapt_lm(dataset.catalog, domain_dir, max_steps=adapt_steps, seed=seed,
-                                               progress=progress)
-            encoder = domain_dir
-        rep = train_reranker(small, work / f"reranker-{name}", candidates=cands, encoder=encoder, seed=seed,
-                             epochs=epochs, max_length=max_length, batch_size=batch_size, negatives=negatives,
-                             learning_rate=learning_rate,
-                             max_shown_per_query=max_shown_per_query, progress=progress, **spec)
-        model = rep.pop("model")
-        probs = model.predict(test_pairs["query"].tolist(), test_pairs["text"].tolist())
-        rows.append({"system": name, **model_metrics(test_pairs, probs, model.tasks, qrels, weights),
-                     "train_seconds": rep["train_seconds"]})
-        reports[name] = {k: v for k, v in rep.items() if k != "history"}
-        if int8 and name == "mmoe_funnel":
-            rows.extend(_int8_rows(work / f"reranker-{name}", test_pairs, qrels, weights))
-        _results(rows, reports, config, started, work, partial=True)
-    results = _results(rows, reports, config, started, work, partial=False)
+    splits = {s: _Split(dataset, retriever, chosen[s], candidates, qrels) for s in _EVAL_SPLITS if chosen[s]}
+    retrieval = {s: split.retrieval_row() for s, split in splits.items()}
+    cand_ids, _ = retriever_candidates(retriever, chosen["train"] + chosen["valid"], candidates)
+    retriever_encoder = retriever_encoder_dir(retriever)
+    config = {"data_dir": str(data_dir or DEFAULT_DATA_DIR), "seeds": list(range(seed, seed + seeds)),
+              "candidates": candidates, "epochs": epochs, "max_length": max_length, "batch_size": batch_size,
+              "learning_rate": learning_rate, "max_shown_per_query": max_shown_per_query, "negatives": negatives,
+              "queries": {s: len(q) for s, q in chosen.items()}, "fusion_weights": weights, **retr_info}
+    extra: dict[str, Any] = {}
+    if propensity and (Path(data_dir or DEFAULT_DATA_DIR) / "positions.parquet").is_file():
+        from pipeline.world.simulate import propensity_report
+
+        extra["propensity"] = propensity_report(Path(data_dir or DEFAULT_DATA_DIR) / "positions.parquet",
+                                                against_simulator=True)
+    raw: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for run_seed in range(seed, seed + seeds):
+        for name in names:
+            spec = dict(VARIANTS[name])
+            init = spec.pop("init", "retriever")
+            if spec.get("debias") == "ipw":
+                spec["propensities"] = examination_propensities(dataset)
+            out = work / f"reranker-{name}-seed{run_seed}"
+            kwargs = {"max_length": max_length} if max_length else {}
+            rep = train_reranker(small, out, candidates=cand_ids, seed=run_seed, epochs=epochs,
+                                 encoder=retriever_encoder if init == "retriever" else None,
+                                 batch_size=batch_size, negatives=negatives, learning_rate=learning_rate,
+                                 max_shown_per_query=max_shown_per_query, progress=progress, **kwargs, **spec)
+            model = rep.pop("model")
+            fit = fit_fusion(small, model, retriever, reranker_dir=out, candidates=candidates, weights=weights)
+            result = {"seed": run_seed, "train_seconds": rep["train_seconds"], "retrieval_weight": fit["retrieval_weight"],
+                      **{s: split.model_row(model, fit["retrieval_weight"], weights) for s, split in splits.items()}}
+            if int8 and name == DEFAULT_VARIANT and run_seed == seed:
+                extra["int8"] = _int8_check(out, splits["test"], fit["retrieval_weight"], weights, result["test"])
+            raw[name].append(result)
+            _write(work, raw, retrieval, config, extra, started, partial=True)
+    results = _write(work, raw, retrieval, config, extra, started, partial=False)
     results["results_file"] = str(work / "results.json")
     return results
 
 
-def _int8_rows(reranker_dir: Path, test_pairs: Any, qrels: Any, weights: dict[str, float] | None) -> list[dict[str, Any]]:
-    """The two int8 paths over the same pairs: ONNX Runtime (the product's int8 path, row
-    ``mmoe_funnel_int8``) and torch dynamic quantisation (``mmoe_funnel_int8_torch``)."""
-    from rerank.evaluation import model_metrics
-    from rerank.model import MultiTaskCrossEncoder
+def _int8_check(reranker_dir: Path, split: _Split, retrieval_weight: float, weights: Mapping[str, float] | None,
+                fp32: Mapping[str, Any]) -> dict[str, Any]:
+    """The served nDCG@10 of the product's int8 path (ONNX Runtime) against fp32 torch."""
     from rerank.onnx_model import OnnxCrossEncoder, export_reranker
 
     export_reranker(reranker_dir)
-    queries, texts = test_pairs["query"].tolist(), test_pairs["text"].tolist()
-    rows = []
-    for system, model in (("mmoe_funnel_int8", OnnxCrossEncoder.load(reranker_dir, precision="int8")),
-                          ("mmoe_funnel_int8_torch", MultiTaskCrossEncoder.load(reranker_dir, quantize=True))):
-        t0 = time.time()
-        probs = model.predict(queries, texts)
-        rows.append({"system": system, **model_metrics(test_pairs, probs, model.tasks, qrels, weights),
-                     "predict_seconds": round(time.time() - t0, 1)})
-    return rows
+    row = split.model_row(OnnxCrossEncoder.load(reranker_dir, precision="int8"), retrieval_weight, weights)
+    drop = fp32["ndcg@10"] - row["ndcg@10"]
+    return {"fp32_ndcg@10": round(fp32["ndcg@10"], 4), "int8_ndcg@10": round(row["ndcg@10"], 4),
+            "drop": round(drop, 4), "within_0.005": bool(abs(drop) <= 0.005)}
 
 
-def _results(rows: list[dict[str, Any]], reports: dict[str, Any], config: dict[str, Any], started: float,
-             work: Path, partial: bool) -> dict[str, Any]:
-    """Acceptance checks + table (in VARIANTS order), written to ``results.json``."""
-    order = ["retrieval_only", *VARIANTS, "mmoe_funnel_int8", "mmoe_funnel_int8_torch"]
-    rows = sorted(rows, key=lambda r: order.index(r["system"]))
-    by = {r["system"]: r for r in rows}
-    checks: dict[str, Any] = {}
-    if "mmoe_funnel" in by:
-        checks["mmoe_beats_retrieval_ndcg@10"] = by["mmoe_funnel"]["ndcg@10"] > by["retrieval_only"]["ndcg@10"]
-        if "single_purchase" in by:
-            checks["mmoe_purchase_ndcg_ge_single_purchase"] = (
-                by["mmoe_funnel"]["purchase_ndcg@10"] >= by["single_purchase"]["purchase_ndcg@10"])
-        if "mmoe_funnel_int8" in by:
-            checks["int8_ndcg@10_drop"] = round(by["mmoe_funnel"]["ndcg@10"] - by["mmoe_funnel_int8"]["ndcg@10"], 4)
-            checks["int8_within_0.005"] = abs(checks["int8_ndcg@10_drop"]) <= 0.005
-    results = {"rows": rows, "checks": checks, "config": config, "reports": reports,
+def _write(work: Path, raw: Mapping[str, Any], retrieval: Mapping[str, Any], config: Mapping[str, Any],
+           extra: Mapping[str, Any], started: float, partial: bool) -> dict[str, Any]:
+    """Summary rows, acceptance checks and every per-seed run, written to ``results.json``."""
+    rows = summarise(raw, retrieval)
+    checks = acceptance(rows, retrieval)
+    if "propensity" in extra:
+        err = extra["propensity"].get("max_relative_error_1_10")
+        checks["propensity_max_relative_error_1_10"] = None if err is None else round(err, 4)
+        checks["propensity_within_10%"] = err is not None and err <= 0.10
+    if "int8" in extra:
+        checks["int8_ndcg@10_drop"] = extra["int8"]["drop"]
+        checks["int8_within_0.005"] = extra["int8"]["within_0.005"]
+    runs = {name: [{s: ({k: v for k, v in r[s].items() if k != "per_query"} if isinstance(r[s], dict) else r[s])
+                    for s in r} for r in rs] for name, rs in raw.items()}
+    results = {"rows": rows, "checks": checks, "config": dict(config), "runs": runs, **dict(extra),
                "seconds": round(time.time() - started, 1), "partial": partial}
     atomic_write_text(work / "results.json", json.dumps(results, indent=2, default=str) + "\n")
     return results
+
+
+__all__ = ["compare_rerankers", "summarise", "acceptance", "within_query_auc", "VARIANTS", "DEFAULT_VARIANT", "COLUMNS"]

@@ -41,6 +41,7 @@ from torch import nn
 from pipeline.core.artifacts import (BUNDLED_SHA256, atomic_directory, build_manifest, bundled_model_path, file_has_sha256,
                                 read_manifest, require_compatible, sha256_file, write_manifest)
 from pipeline.core.errors import ArtifactError
+from rerank import DEFAULT_MAX_LENGTH
 from rerank.heads import ARCHITECTURES, HEAD_MODES, TASKS, build_head, log_probs
 
 KIND = "reranker"
@@ -62,7 +63,7 @@ class HeadConfig:
     tower_dim: int = 64
     dropout: float = 0.1
     pooling: str = "pair"
-    max_length: int = 32
+    max_length: int = DEFAULT_MAX_LENGTH
 
     def validate(self) -> None:
         """Refuse configurations that cannot mean anything (e.g. a funnel out of order)."""
@@ -203,13 +204,15 @@ class MultiTaskCrossEncoder(nn.Module):
             return out
         order = np.argsort([len(q) + len(t) for q, t in zip(queries, product_texts)], kind="stable")
         was_training = self.training
+        device = next(self.parameters()).device
         self.eval()
         try:
             with torch.inference_mode():
                 for start in range(0, len(order), batch_size):
                     idx = order[start:start + batch_size]
                     batch = self.tokenize([queries[i] for i in idx], [product_texts[i] for i in idx], max_length)
-                    out[idx] = self(**batch).exp().float().numpy()
+                    batch = {k: v.to(device) for k, v in batch.items()}
+                    out[idx] = self(**batch).exp().float().cpu().numpy()
         finally:
             self.train(was_training)
         return out
@@ -227,8 +230,8 @@ class MultiTaskCrossEncoder(nn.Module):
             enc_dir = tmp / ENCODER_DIR
             self.encoder.save_pretrained(str(enc_dir))
             self.tokenizer.save_pretrained(str(enc_dir))
-            state = {f"head.{k}": v.detach().contiguous() for k, v in self.head.state_dict().items()}
-            state.update({k: v.detach().contiguous() for k, v in (extra_state or {}).items()})
+            state = {f"head.{k}": v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
+            state.update({k: v.detach().cpu().contiguous() for k, v in (extra_state or {}).items()})
             save_file(state, str(tmp / HEADS_FILE))
             (tmp / HEADS_CONFIG).write_text(json.dumps(asdict(self.config), indent=2) + "\n", encoding="utf-8")
             enc_sha = encoder_checksum(enc_dir)

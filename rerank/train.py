@@ -37,6 +37,7 @@ from pipeline.core.artifacts import fingerprint_frame
 from pipeline.data import Dataset
 from pipeline.core.errors import DataError
 from pipeline.core.runtime import DEFAULT_SEED, seed_everything
+from rerank import DEFAULT_MAX_LENGTH
 from rerank.batching import GroupBatchSampler
 from rerank.data import build_eval_pairs, build_examples
 from rerank.evaluation import EngagementEvaluator
@@ -184,7 +185,7 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
                    encoder: str | os.PathLike[str] | None = None,
                    architecture: str = "mmoe", heads: str = "funnel", tasks: Sequence[str] = TASKS,
                    seed: int = DEFAULT_SEED, epochs: int = 2, batch_size: int = 32, learning_rate: float = 1e-4,
-                   head_learning_rate: float = 1e-3, max_length: int = 32, label_mode: str = "rate",
+                   head_learning_rate: float = 1e-3, max_length: int = DEFAULT_MAX_LENGTH, label_mode: str = "rate",
                    negatives: int = 4, task_weights: Sequence[float] | None = None, uncertainty: bool = False,
                    n_experts: int = 4, max_queries: int | None = None, max_valid_queries: int | None = None,
                    max_shown_per_query: int | None = None, eval_batch_size: int = 128,
@@ -247,7 +248,7 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
             learning_rate=learning_rate, warmup_steps=0.1, lr_scheduler_type="linear",
             logging_strategy="steps", logging_steps=max(1, steps_per_epoch // 5),
             eval_strategy="epoch", save_strategy="no", report_to="none",
-            seed=seed, data_seed=seed, use_cpu=True, disable_tqdm=not progress,
+            seed=seed, data_seed=seed, use_cpu=not torch.cuda.is_available(), disable_tqdm=not progress,
             remove_unused_columns=False, dataloader_num_workers=0, dataloader_pin_memory=False,
             max_grad_norm=1.0,
         )
