@@ -100,6 +100,24 @@ def examination_propensities(dataset: Dataset, positions: str | os.PathLike[str]
     return [float(t) for t in estimate.theta]
 
 
+def retriever_prior(retriever: Any, catalog: Any) -> Any:
+    """``(queries, product_ids) -> cosine similarity`` under the retriever's encoder: the
+    prior the reranker distils (``prior_weight``). Each distinct query and product is encoded
+    once, so a training set of many pairs per query costs one pass over its parts."""
+    from rerank.data import text_lookup
+
+    texts = text_lookup(catalog)
+
+    def prior(queries: Sequence[str], product_ids: Sequence[str]) -> np.ndarray:
+        uq, q_idx = np.unique(np.asarray(queries, dtype=object).astype(str), return_inverse=True)
+        up, p_idx = np.unique(np.asarray(product_ids, dtype=object).astype(str), return_inverse=True)
+        qv = retriever.encoder.encode_queries(list(uq))
+        pv = retriever.encoder.encode_products([texts[p] for p in up], show_progress=False)
+        return np.einsum("ij,ij->i", qv[q_idx], pv[p_idx]).astype(np.float64)
+
+    return prior
+
+
 def retriever_encoder_dir(retriever: Any) -> Path | None:
     """The fine-tuned retriever's Hugging Face folder, when the index names one on disk."""
     model_path = (getattr(retriever, "manifest", None) or {}).get("model_path")
@@ -137,10 +155,12 @@ def train_reranker_on_index(dataset: Dataset, out_dir: str | os.PathLike[str], *
         train_kwargs["encoder"] = retriever_encoder_dir(retriever)
     queries = dataset.split_queries("train") + dataset.split_queries("valid")
     cand_ids, _ = retriever_candidates(retriever, queries, candidates)
+    if train_kwargs.get("prior_weight"):
+        train_kwargs["prior"] = retriever_prior(retriever, dataset.catalog)
     report = train_reranker(dataset, out_dir, candidates=cand_ids, **train_kwargs)
     report["fusion"] = fit_fusion(dataset, report["model"], retriever, reranker_dir=out_dir, candidates=candidates)
     report["model"].manifest["fusion"] = report["fusion"]  # the in-memory model blends like a reloaded one
     return report
 
 
-__all__ = ["fit_fusion", "retriever_candidates", "train_reranker_on_index"]
+__all__ = ["fit_fusion", "retriever_candidates", "retriever_prior", "train_reranker_on_index"]

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import DEFAULT_DATA_DIR
+from pipeline.config import DEFAULT_DATA_DIR, POSITIONS_FILE
 from pipeline.core.artifacts import atomic_write_text
 from pipeline.core.errors import DataError
 from pipeline.core.runtime import DEFAULT_SEED
@@ -261,7 +261,8 @@ def compare_rerankers(data_dir: str | os.PathLike[str] | None = None, out_dir: s
     the same for every variant and seed, so rows differ only by the model and its seed.
     ``max_length`` ``None`` = the trainer's default.
     """
-    from pipeline.blend import examination_propensities, fit_fusion, retriever_candidates, retriever_encoder_dir
+    from pipeline.blend import (examination_propensities, fit_fusion, retriever_candidates, retriever_encoder_dir,
+                                retriever_prior)
     from rerank.train import pick_queries, train_reranker
 
     started = time.time()
@@ -291,18 +292,21 @@ def compare_rerankers(data_dir: str | os.PathLike[str] | None = None, out_dir: s
               "learning_rate": learning_rate, "max_shown_per_query": max_shown_per_query, "negatives": negatives,
               "queries": {s: len(q) for s, q in chosen.items()}, "fusion_weights": weights, **retr_info}
     extra: dict[str, Any] = {}
-    if propensity and (Path(data_dir or DEFAULT_DATA_DIR) / "positions.parquet").is_file():
+    positions = Path(data_dir or DEFAULT_DATA_DIR) / POSITIONS_FILE
+    positions = positions if positions.is_file() else None
+    if propensity and positions is not None:
         from pipeline.world.simulate import propensity_report
 
-        extra["propensity"] = propensity_report(Path(data_dir or DEFAULT_DATA_DIR) / "positions.parquet",
-                                                against_simulator=True)
+        extra["propensity"] = propensity_report(positions, against_simulator=True)
     raw: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for run_seed in range(seed, seed + seeds):
         for name in names:
             spec = dict(VARIANTS[name])
             init = spec.pop("init", "retriever")
             if spec.get("debias") == "ipw":
-                spec["propensities"] = examination_propensities(dataset)
+                spec["propensities"] = examination_propensities(dataset, positions)
+            if spec.get("prior_weight"):
+                spec["prior"] = retriever_prior(retriever, dataset.catalog)
             out = work / f"reranker-{name}-seed{run_seed}"
             kwargs = {"max_length": max_length} if max_length else {}
             rep = train_reranker(small, out, candidates=cand_ids, seed=run_seed, epochs=epochs,

@@ -16,6 +16,14 @@ listwise term (ListNet, Cao et al. ICML 2007, as in sentence-transformers' ``Lis
 compares the products of one query directly. The pointwise term stays next to it so the
 probabilities remain calibrated: ``loss_t = λ_rank·listwise_t + λ_point·pointwise_t``.
 
+Why an optional prior term: a cross-encoder started from bi-encoder weights reads the pair
+jointly, which at first orders a query's candidates worse than the retriever it reranks, and
+noisy engagement on a few hundred queries is slow to teach it back. The prior term (ListNet
+towards ``softmax(prior / τ)``, the retriever's similarity over the same list; weight
+``prior_weight``) distils the retriever's order into every task on every candidate, labelled
+or not, and keeps the model close to what the retriever knew on queries unlike the training
+ones; the engagement terms then move it where the logs disagree.
+
 The per-task losses are combined either with fixed weights or with learned homoscedastic
 uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018): ``Σ exp(-s_t)·L_t + s_t`` with a
 learned ``s_t`` per task, so tasks on very different loss scales balance themselves.
@@ -89,8 +97,10 @@ class MultiTaskLoss(nn.Module):
 
     def __init__(self, tasks: Sequence[str], task_weights: Sequence[float] | None = None,
                  uncertainty: bool = False, objective: str = "pointwise", rank_weight: float = 1.0,
-                 point_weight: float = 1.0) -> None:
+                 point_weight: float = 1.0, prior_weight: float = 0.0, prior_temperature: float = 0.05) -> None:
         super().__init__()
+        if prior_weight < 0 or prior_temperature <= 0:
+            raise ValueError("prior_weight must be >= 0 and prior_temperature > 0")
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
         self.tasks = tuple(tasks)
@@ -101,13 +111,20 @@ class MultiTaskLoss(nn.Module):
         if len(weights) != len(self.tasks):
             raise ValueError(f"{len(weights)} task weights for {len(self.tasks)} tasks")
         self.register_buffer("task_weights", torch.tensor(weights, dtype=torch.float32))
+        self.prior_weight = float(prior_weight)
+        self.prior_temperature = float(prior_temperature)
         self.uncertainty = uncertainty
         self.log_vars = nn.Parameter(torch.zeros(len(self.tasks))) if uncertainty else None
 
     def task_loss(self, logp: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
-                  groups: torch.Tensor | None) -> torch.Tensor:
+                  groups: torch.Tensor | None, prior: torch.Tensor | None = None) -> torch.Tensor:
         """One task's combined loss (1-D inputs)."""
         loss = logp.sum() * 0.0
+        if self.prior_weight and prior is not None:
+            if groups is None:
+                raise ValueError("the prior term needs query groups in the batch")
+            target = torch.exp((prior - prior.max()) / self.prior_temperature)
+            loss = loss + self.prior_weight * listwise_softmax_ce(logp, target, groups)
         if self.point_weight:
             loss = loss + self.point_weight * weighted_bce(logp, labels, weights)
         if self.rank_weight:
@@ -117,8 +134,9 @@ class MultiTaskLoss(nn.Module):
         return loss
 
     def forward(self, logp: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
-                groups: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        per_task = torch.stack([self.task_loss(logp[:, t], labels[:, t], weights, groups)
+                groups: torch.Tensor | None = None,
+                prior: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        per_task = torch.stack([self.task_loss(logp[:, t], labels[:, t], weights, groups, prior)
                                 for t in range(len(self.tasks))])
         if self.log_vars is not None:
             total = (torch.exp(-self.log_vars) * per_task * self.task_weights + self.log_vars).sum()

@@ -70,6 +70,8 @@ class _PairCollator:
         batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.float32)
         batch["weights"] = torch.tensor([r["weight"] for r in rows], dtype=torch.float32)
         batch["groups"] = torch.tensor([r["group"] for r in rows], dtype=torch.long)
+        if "prior" in rows[0]:
+            batch["prior"] = torch.tensor([r["prior"] for r in rows], dtype=torch.float32)
         return batch
 
 
@@ -104,8 +106,9 @@ class RerankTrainer(Trainer):
         labels = inputs.pop("labels")
         weights = inputs.pop("weights")
         groups = inputs.pop("groups", None)
+        prior = inputs.pop("prior", None)
         logp = module.model(**inputs)
-        total, per_task = module.loss(logp, labels, weights, groups)
+        total, per_task = module.loss(logp, labels, weights, groups, prior)
         self._running += per_task.cpu().numpy()
         self._running_n += 1
         return (total, logp) if return_outputs else total
@@ -191,7 +194,8 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
                    max_shown_per_query: int | None = None, eval_batch_size: int = 128,
                    objective: str = "both", rank_weight: float = 1.0, point_weight: float = 1.0,
                    debias: str = "none", propensities: Sequence[float] | None = None,
-                   progress: bool = True) -> dict[str, Any]:
+                   prior: Callable[[Sequence[str], Sequence[str]], np.ndarray] | None = None,
+                   prior_weight: float = 0.0, progress: bool = True) -> dict[str, Any]:
     """Train, validate per epoch, keep the best epoch, save to ``out_dir``; return a report.
 
     ``candidates``: retriever top-N per train/valid query (computed by the caller); sampled
@@ -200,6 +204,8 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
     ``rank_weight`` = λ_rank, ``point_weight`` = λ_point); batches always hold whole queries.
     ``debias``: ``none`` | ``ipw`` (labels per examined impression, with ``propensities`` =
     examination probability per position 1..n, e.g. from :mod:`rerank.propensity`).
+    ``prior`` (queries, product ids) -> the retriever's similarity per pair, distilled with
+    weight ``prior_weight`` (:class:`rerank.losses.MultiTaskLoss`); both or neither.
     """
     _require(dataset)
     if debias not in DEBIAS_MODES:
@@ -208,6 +214,8 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
         raise ValueError("debias 'ipw' needs examination propensities per position")
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    if prior_weight and prior is None:
+        raise ValueError("prior_weight > 0 needs a prior (the retriever's similarity; train against an index)")
     tasks = list(tasks)
     HeadConfig(tasks=tasks, architecture=architecture, heads=heads, n_experts=n_experts,
                max_length=max_length).validate()  # fail before any data or weights are loaded
@@ -228,12 +236,16 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
     model = MultiTaskCrossEncoder.from_encoder(encoder, tasks=tasks, architecture=architecture, heads=heads,
                                                n_experts=n_experts, max_length=max_length)
     loss = MultiTaskLoss(tasks, task_weights, uncertainty, objective=objective, rank_weight=rank_weight,
-                         point_weight=point_weight)
+                         point_weight=point_weight, prior_weight=prior_weight)
     module = _TrainModule(model, loss)
     label_cols = [f"y_{t}" for t in tasks]
     train_rows = [{"query": q, "text": t, "labels": list(map(float, y)), "weight": float(w), "group": int(g)}
                   for q, t, y, w, g in zip(examples["query"], examples["text"], examples[label_cols].to_numpy(),
                                            examples["weight"], examples["group"])]
+    if prior_weight:
+        scores = np.asarray(prior(examples["query"].tolist(), examples["product_id"].astype(str).tolist()))
+        for row, score in zip(train_rows, scores):
+            row["prior"] = float(score)
     head_params = list(model.head.parameters()) + list(loss.parameters())
     optimizer = torch.optim.AdamW([
         {"params": list(model.encoder.parameters()), "lr": learning_rate},
@@ -269,7 +281,8 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
         "out_dir": str(out_dir), "tasks": tasks, "architecture": architecture, "heads": heads,
         "label_mode": label_mode, "objective": objective, "debias": debias,
         **({"propensities": [round(float(t), 4) for t in propensities]} if debias == "ipw" else {}),
-        "loss_weights": {"rank": loss.rank_weight, "point": loss.point_weight}, "seed": seed,
+        "loss_weights": {"rank": loss.rank_weight, "point": loss.point_weight, "prior": loss.prior_weight},
+        "seed": seed,
         "max_length": max_length, "negatives": negatives, "max_shown_per_query": max_shown_per_query,
         "epochs": epochs, "best_epoch": keep_best.best_epoch,
         "train_queries": len(train_q), "valid_queries": len(valid_q), "train_examples": len(examples),

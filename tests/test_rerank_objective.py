@@ -132,3 +132,24 @@ def test_ipw_needs_propensities(tiny_data_dir) -> None:
         train_reranker(load_dataset(tiny_data_dir), "unused", debias="ipw")
     with pytest.raises(ValueError, match="debias"):
         train_reranker(load_dataset(tiny_data_dir), "unused", debias="pal-ish")
+
+
+def test_prior_term_pulls_toward_the_retrievers_order() -> None:
+    """With only the prior term, the loss is lower when the scores order the list as the
+    prior does, and it is the ListNet cross-entropy towards softmax(prior / τ)."""
+    groups = torch.tensor([0, 0, 0])
+    prior = torch.tensor([0.9, 0.5, 0.1])
+    labels = torch.zeros(3, 1)
+    weights = torch.ones(3)
+    loss = MultiTaskLoss(["click"], objective="pointwise", prior_weight=1.0, prior_temperature=0.5)
+    loss.point_weight = 0.0  # isolate the prior term
+    agree = torch.log(torch.tensor([[0.6], [0.3], [0.1]]))
+    disagree = torch.log(torch.tensor([[0.1], [0.3], [0.6]]))
+    l_agree, _ = loss(agree, labels, weights, groups, prior)
+    l_disagree, _ = loss(disagree, labels, weights, groups, prior)
+    assert float(l_agree) < float(l_disagree)
+    target = torch.softmax(prior / 0.5, 0)
+    expected = -(target * torch.log_softmax(agree[:, 0], 0)).sum()
+    assert float(l_agree) == pytest.approx(float(expected), rel=1e-5)
+    no_prior, _ = loss(agree, labels, weights, groups, None)
+    assert float(no_prior) == 0.0

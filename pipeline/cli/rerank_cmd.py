@@ -79,6 +79,7 @@ def train_reranker_cmd(
     positions: Optional[Path] = typer.Option(None, "--positions", help="Per-position impression log for --debias ipw (default: positions.parquet in --data, else the engagement's mean positions)."),
     index: Optional[Path] = typer.Option(None, "--index", help="Index whose retriever gives candidates; also fits the first-stage blend on valid."),
     candidates: int = typer.Option(50, "--candidates", min=1, help="Retriever candidates per query (with --index)."),
+    prior_weight: float = typer.Option(0.0, "--prior-weight", min=0.0, help="Weight of the retriever-order distillation term (needs --index)."),
     seed: int = typer.Option(DEFAULT_SEED, "--seed"),
     json_out: bool = _JSON,
 ) -> None:
@@ -96,7 +97,7 @@ def train_reranker_cmd(
                 label_mode=label_mode, task_weights=weights, uncertainty=uncertainty, epochs=epochs,
                 batch_size=batch_size, max_length=max_length, negatives=negatives, max_queries=max_queries,
                 max_shown_per_query=max_shown, seed=seed, progress=not json_out, debias=debias,
-                positions=positions or _default_positions(data))
+                positions=positions or _default_positions(data), prior_weight=prior_weight)
     except ValueError as exc:
         _bad(exc)
     report = public_report(report)
