@@ -179,3 +179,19 @@ def test_memory_stays_bounded_by_batch_not_log(tmp_path):
     out_bytes = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
     assert pool.max_memory() - before < out_bytes / 2
     assert json.loads(pq.read_schema(tmp_path / "big.parquet").metadata[b"shoprank"])["params"]["k"] == 10
+
+
+@pytest.mark.parametrize("engine, options, match", [
+    ("spark", {}, "--engine must be 'local' or 'ray'"),
+    ("local", {"workers": 2}, "--address and --workers need --engine ray"),
+    ("ray", {"resume": True}, "--resume is for the local engine"),
+    ("ray", {"backend": "torch"}, "--backend/--precision are for the local engine"),
+    ("ray", {"precision": "int8"}, "--backend/--precision are for the local engine"),
+    ("ray", {"searcher": HashScorer()}, "pass model paths, not a searcher"),
+])
+def test_engine_options_it_cannot_honour_are_refused_before_any_work(tmp_path, engine, options, match):
+    """One check for both engines, before the input is read or a model (or Ray) is loaded."""
+    with pytest.raises(ShoprankError, match=match) as info:
+        score_logs(tmp_path / "absent.parquet", tmp_path / "out.parquet", engine=engine, show_progress=False,
+                   **options)
+    assert "\n" not in str(info.value) and not list(tmp_path.iterdir())
