@@ -105,9 +105,9 @@ def score_logs(input_path: str | os.PathLike[str], output_path: str | os.PathLik
     return _report(job, result, time.perf_counter() - started)
 
 
-def _job(common: dict[str, Any], columns: list[str], searcher: Scorer) -> ScoringJob:
-    """The job description, from the input's columns and the loaded models."""
-    return ScoringJob(mode=detect_mode(common["input_path"], columns), tasks=tuple(searcher.tasks) or TASKS,
+def _job(common: dict[str, Any], mode: str, searcher: Scorer) -> ScoringJob:
+    """The job description, from the input's mode and the loaded models."""
+    return ScoringJob(mode=mode, tasks=tuple(searcher.tasks) or TASKS,
                       models=searcher.manifest_ids(), reranked=bool(searcher.tasks), **common)
 
 
@@ -118,7 +118,7 @@ def _prepare_local(common: dict[str, Any], searcher: Scorer | None, index_dir: A
     from pipeline.scoring.local import open_input, run_local
 
     source = open_input(common["input_path"], common["batch_size"])
-    detect_mode(source.path, source.columns)  # a log without 'query' fails before the models load
+    mode = detect_mode(source.path, source.columns)  # a log without 'query' fails before the models load
     if searcher is None:
         from pipeline.search import TwoStageSearcher
 
@@ -126,7 +126,7 @@ def _prepare_local(common: dict[str, Any], searcher: Scorer | None, index_dir: A
                                          config.DEFAULT_RERANKER_DIR if reranker is None else reranker,
                                          catalog=catalog, backend=backend,
                                          precision=precision or config.DEFAULT_PRECISION)
-    job = _job(common, source.columns, searcher)
+    job = _job(common, mode, searcher)
     return job, functools.partial(run_local, job, source, searcher, resume)
 
 
@@ -141,10 +141,10 @@ def _prepare_ray(common: dict[str, Any], index_dir: Any, reranker: Any, catalog:
     from pipeline.search import TwoStageSearcher
 
     columns, num_rows = open_parquet_log(common["input_path"])
-    detect_mode(common["input_path"], columns)
+    mode = detect_mode(common["input_path"], columns)
     index_path, reranker_path = resolve_models(index_dir or config.DEFAULT_INDEX_DIR, reranker,
                                                config.DEFAULT_RERANKER_DIR)
-    job = _job(common, columns, TwoStageSearcher.load(index_path, reranker_path, catalog=catalog))
+    job = _job(common, mode, TwoStageSearcher.load(index_path, reranker_path, catalog=catalog))
     return job, functools.partial(run_ray, job, num_rows, columns, index_dir=index_path, reranker=reranker_path,
                                   catalog=catalog, address=address, workers=workers,
                                   cpus_per_worker=cpus_per_worker,
