@@ -250,10 +250,10 @@ def machine_info() -> dict[str, Any]:
 
 
 def write_atomic(path: Path, text: str) -> None:
+    from pipeline.core.artifacts import atomic_write_text
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def log(msg: str) -> None:

@@ -46,8 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import pandas as pd
 
-    from pipeline.batch import score_logs
-    from pipeline.distributed import score_logs_ray
+    from pipeline.scoring import score_logs
 
     root = args.workdir.resolve()
     queries = pd.read_parquet(root / "data/sample/queries.parquet")["query"].drop_duplicates().tolist()
@@ -64,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         local_wall = time.perf_counter() - started
 
         started = time.perf_counter()
-        remote = score_logs_ray(log, Path(tmp) / "ray.parquet", address=args.address, workers=args.workers, **common)
+        remote = score_logs(log, Path(tmp) / "ray.parquet", engine="ray", address=args.address, workers=args.workers, **common)
         ray_wall = time.perf_counter() - started
 
         a, b = pd.read_parquet(Path(tmp) / "local.parquet"), pd.read_parquet(Path(tmp) / "ray.parquet")

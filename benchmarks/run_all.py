@@ -30,6 +30,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 HERE = Path(__file__).resolve().parent
 LIBRARIES = ("torch", "onnxruntime", "faiss-cpu", "sentence-transformers", "transformers", "tokenizers",
              "numpy", "pyarrow")
@@ -106,9 +108,9 @@ def main() -> None:
 
 def write_json(path: Path, payload: dict) -> None:
     """Write atomically (temporary sibling + rename): a crash never leaves half a file."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+    from pipeline.core.artifacts import atomic_write_text
+
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 if __name__ == "__main__":

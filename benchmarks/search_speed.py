@@ -44,6 +44,7 @@ import_torch()  # one import order: torch, then faiss (baselines need torch in t
 faiss = import_faiss()
 
 from pipeline.data import load_dataset, product_text, qrels_dict  # noqa: E402
+from pipeline.core.artifacts import atomic_write_text  # noqa: E402
 from pipeline.core.metrics import aggregate  # noqa: E402
 
 K = 10
@@ -381,9 +382,7 @@ def main() -> None:
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(text + "\n")
-        os.replace(tmp, args.out)
+        atomic_write_text(args.out, text + "\n")
 
 
 if __name__ == "__main__":

@@ -121,7 +121,7 @@ def _write_query_log(dataset: Any, path: Path, rows: int, seed: int) -> None:
 def run_demo(workdir: str | os.PathLike[str] = ".", *, quick: bool = False, seed: int = DEFAULT_SEED,
              budget: DemoBudget | None = None, progress: bool = False) -> dict[str, Any]:
     """Run every step under ``workdir`` and return the report (evaluation, examples, timings)."""
-    from pipeline.batch import score_logs
+    from pipeline.scoring import score_logs
     from pipeline.data import load_dataset
     from pipeline.evaluate import evaluate
     from pipeline.world.sample import write_sample

@@ -14,7 +14,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.batch import _parts_dir, score_logs
+from pipeline.scoring import score_logs
+from pipeline.scoring.local import parts_dir
 
 # Trains or loads real models (minutes on 2 cores): `make test` runs it, `make test-fast` skips it.
 pytestmark = pytest.mark.slow
@@ -112,7 +113,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(demo_run, tmp_path):
     out = tmp_path / "scored.parquet"
     cmd = [sys.executable, "-m", "pipeline", "score-logs", "--input", str(log), "--output", str(out), *args]
     proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    parts, deadline = _parts_dir(out), time.monotonic() + 240
+    parts, deadline = parts_dir(out), time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
         if len(list(parts.glob("part-*.parquet"))) >= 7:  # 15 batches in all: kill half-way
             break

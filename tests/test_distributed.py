@@ -1,4 +1,4 @@
-"""Ray engine (pipeline.distributed) against the local engine, on the quick demo's real models.
+"""Ray engine (pipeline.scoring.ray) against the local engine, on the quick demo's real models.
 
 One local 2-CPU Ray instance serves the whole module (start-up costs seconds); the engine
 reuses an initialised Ray instead of starting its own. The acceptance checks: identical
@@ -21,8 +21,14 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'shoprank[ray]'); "
                                         "`make test` installs it and runs these tests")
 
-from pipeline.batch import read_scored_metadata, score_logs  # noqa: E402
-from pipeline.distributed import FAIL_ONCE_ENV, build_index_ray, plan_batches, read_rows, score_logs_ray  # noqa: E402
+from pipeline.distributed import FAIL_ONCE_ENV, build_index_ray  # noqa: E402
+from pipeline.scoring import read_scored_metadata, score_logs  # noqa: E402
+from pipeline.scoring.ray import plan_batches, read_rows  # noqa: E402
+
+
+def score_logs_ray(*args, **kwargs):
+    """The one entry point with the Ray engine."""
+    return score_logs(*args, engine="ray", **kwargs)
 
 # Trains or loads real models (minutes on 2 cores): `make test` runs it, `make test-fast` skips it.
 pytestmark = pytest.mark.slow

@@ -1,7 +1,7 @@
 """Orchestration commands: `search`, `score-logs`, `evaluate`, `demo`.
 
 Thin on purpose: each command parses its options, calls one library function
-(:mod:`pipeline.search`, :mod:`pipeline.batch`, :mod:`pipeline.evaluate`,
+(:mod:`pipeline.search`, :mod:`pipeline.scoring`, :mod:`pipeline.evaluate`,
 :mod:`pipeline.demo`) and prints a rich table or ``--json``. Heavy libraries are imported
 inside the functions so `pipeline --help` stays fast. Defaults can come from the
 ``[search]``, ``[score-logs]``, ``[evaluate]`` and ``[demo]`` tables of pipeline.toml.
@@ -25,6 +25,10 @@ _BACKEND = typer.Option("auto", "--backend", help="auto | onnx | torch. auto = O
                         "when `pipeline export-onnx` has exported both models, else PyTorch.")
 _PRECISION = typer.Option(DEFAULT_PRECISION, "--precision", help="auto | fp32 | int8 (reranker). auto = int8 on ONNX "
                           "(~2x faster, nDCG@10 within 0.005), fp32 on torch.")
+_LOG_INPUT = typer.Option(..., "--input", help="Query log (Parquet, CSV or JSONL) with a 'query' column; "
+                         "add 'product_id' to score given pairs.")
+_RAY_ADDRESS = typer.Option(None, "--address", help="Ray cluster to join (e.g. ray://head:10001 or auto); "
+                            "default: start a local Ray. --engine ray only.")
 
 
 def _weights(spec: Optional[str]) -> Optional[dict[str, float]]:
@@ -95,8 +99,7 @@ def search(
 
 @app.command("score-logs")
 def score_logs(
-    input_path: Path = typer.Option(..., "--input", help="Query log (Parquet, CSV or JSONL) with a 'query' column; "
-                                                         "add 'product_id' to score given pairs."),
+    input_path: Path = _LOG_INPUT,
     output: Path = typer.Option(..., "--output", help="Scored Parquet file to write."),
     k: int = typer.Option(10, "--k", min=1, help="Products per query (queries-only logs)."),
     candidates: int = typer.Option(100, "--candidates", min=1, help="Retrieved candidates to rerank per query."),
@@ -108,8 +111,7 @@ def score_logs(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     engine: str = typer.Option("local", "--engine", help="local | ray (Ray Data actors; needs the ray extra)."),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (e.g. ray://head:10001 or "
-                                                                  "auto); default: start a local Ray. --engine ray only."),
+    address: Optional[str] = _RAY_ADDRESS,
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray scoring actors (default: one per CPU)."),
     backend: str = _BACKEND,
     precision: str = _PRECISION,
@@ -117,26 +119,16 @@ def score_logs(
     """Score a query log offline into Parquet: streamed in batches, resumable, with the
     model ids in the file's metadata. Repeated queries are computed once. With --engine ray
     the same job runs on Ray actors (local or a cluster) and writes the same file."""
-    if engine not in ("local", "ray"):
-        raise ShoprankError(f"--engine must be 'local' or 'ray' (got {engine!r})")
-    if engine == "ray":
-        if backend != "auto" or precision != DEFAULT_PRECISION:
-            raise ShoprankError("--backend/--precision are for the local engine; Ray actors use the defaults (auto)")
-        if resume:
-            raise ShoprankError("--resume is for the local engine; the Ray engine retries failed batches itself")
-        from pipeline.distributed import score_logs_ray
+    from pipeline.scoring import score_logs as run
 
-        report = score_logs_ray(input_path, output, index_dir=index_dir, reranker=reranker, catalog=catalog, k=k,
-                                candidates=candidates, batch_size=batch_size, address=address, workers=workers,
-                                show_progress=progress)
-    elif address is not None or workers is not None:
-        raise ShoprankError("--address and --workers need --engine ray")
-    else:
-        from pipeline.batch import score_logs as run
+    report = run(input_path, output, engine=engine, index_dir=index_dir, reranker=reranker, catalog=catalog, k=k,
+                 candidates=candidates, batch_size=batch_size, resume=resume, show_progress=progress,
+                 backend=backend, precision=precision, address=address, workers=workers)
+    _print_scoring_report(report, json_out)
 
-        report = run(input_path, output, index_dir=index_dir, reranker=reranker, catalog=catalog, k=k,
-                     candidates=candidates, batch_size=batch_size, resume=resume, show_progress=progress,
-                     backend=backend, precision=precision)
+
+def _print_scoring_report(report: dict[str, Any], json_out: bool) -> None:
+    """Notes for skipped rows on stderr, then the report as JSON or a one-row table."""
     for reason, count in report["skipped"].items():
         info(f"note: skipped {count} row(s) with {reason} (first: row {report['first_skipped_row'][reason]})")
     if json_out:

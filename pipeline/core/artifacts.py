@@ -6,7 +6,11 @@ library versions and the embedding dimension. Loaders call :func:`require_compat
 refuse mismatched pairs with a one-line :class:`ArtifactError`.
 
 Writes go to a temporary sibling and are renamed into place, so a job killed half-way
-never leaves a half-written artefact where a good one used to be.
+never leaves a half-written artefact where a good one used to be. Every writer in the
+project goes through one family defined here: :func:`atomic_path` (any file, the base of
+the others), :func:`atomic_write_text` / :func:`atomic_write_bytes` / :func:`atomic_write_json`,
+:func:`atomic_write_table` and :func:`atomic_parquet_writer` (Parquet, whole or streamed),
+and :func:`atomic_directory` (a directory swapped into place).
 """
 from __future__ import annotations
 
@@ -194,7 +198,7 @@ def build_manifest(kind: str, *, config: Mapping[str, Any] | None = None,
 def write_manifest(directory: str | os.PathLike[str], manifest: Mapping[str, Any]) -> Path:
     """Write ``manifest.json`` into ``directory`` atomically."""
     path = Path(directory) / MANIFEST
-    atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write_json(path, manifest)
     return path
 
 
@@ -249,6 +253,30 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write a binary file via a temporary sibling + rename."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
+    """Write ``data`` as indented, key-sorted JSON (stable bytes for the same content)."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def atomic_write_table(table: Any, path: str | os.PathLike[str], **options: Any) -> None:
+    """Write a pyarrow Table as one Parquet file (``options`` go to ``pq.write_table``)."""
+    import pyarrow.parquet as pq
+
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, **options)
+
+
+@contextlib.contextmanager
+def atomic_parquet_writer(path: str | os.PathLike[str], schema: Any, **options: Any) -> Iterator[Any]:
+    """Yield a ``pq.ParquetWriter`` on a temporary sibling; the file is renamed onto ``path``
+    only after the writer closed cleanly, so a stream cut short leaves nothing behind."""
+    import pyarrow.parquet as pq
+
+    with atomic_path(path) as tmp:
+        with pq.ParquetWriter(tmp, schema, **options) as writer:
+            yield writer
 
 
 def ensure_writable_dir(directory: str | os.PathLike[str], what: str = "output directory") -> Path:

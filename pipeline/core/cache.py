@@ -2,7 +2,7 @@
 
 Why our own and not ``functools.lru_cache``: callers need explicit ``get``/``put`` (they
 compute misses in one batch, not one call per key) and the hit/miss counts for reports.
-Used for query vectors (:mod:`retrieval.onnx_encoder`) and query results (:mod:`pipeline.batch`).
+Used for query vectors (:mod:`retrieval.onnx_encoder`) and query results (:mod:`pipeline.scoring`).
 """
 from __future__ import annotations
 

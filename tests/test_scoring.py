@@ -1,6 +1,6 @@
 """Batch scoring machinery: streaming, parts + atomic commit, exactly-once resume, dedup.
 
-These tests drive :func:`pipeline.batch.score_logs` with a small deterministic scorer (a
+These tests drive :func:`pipeline.scoring.score_logs` (local engine) with a small deterministic scorer (a
 hash of query and product), because what they check is the bookkeeping, not the models;
 the end-to-end kill/resume test with the real models lives in test_cli_search.py.
 """
@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.batch import _parts_dir, read_scored_metadata, score_logs
+from pipeline.scoring import read_scored_metadata, score_logs
+from pipeline.scoring.local import parts_dir
 from pipeline.core.errors import DataError, ShoprankError
 from pipeline.search import SearchHit
 
@@ -85,7 +86,7 @@ def test_queries_mode_every_row_gets_k_rows_and_repeats_are_computed_once(tmp_pa
                                  "p_click", "p_add_to_cart", "p_purchase", "score"]
     meta = read_scored_metadata(tmp_path / "out.parquet")
     assert meta["models"] == {"index": "idx1", "reranker": "rr1"} and meta["rows_in"] == 230
-    assert not _parts_dir(tmp_path / "out.parquet").exists()
+    assert not parts_dir(tmp_path / "out.parquet").exists()
 
 
 def test_crash_then_resume_equals_uninterrupted_run(tmp_path):
@@ -97,7 +98,7 @@ def test_crash_then_resume_equals_uninterrupted_run(tmp_path):
     with pytest.raises(RuntimeError):
         score_logs(path, out, searcher=HashScorer(fail_after=130), k=3, batch_size=40, show_progress=False)
     assert not out.exists()  # no half-written final file
-    assert len(list(_parts_dir(out).glob("part-*.parquet"))) == 3  # 3 complete batches of 40
+    assert len(list(parts_dir(out).glob("part-*.parquet"))) == 3  # 3 complete batches of 40
 
     second = HashScorer()
     report = score_logs(path, out, searcher=second, k=3, batch_size=40, resume=True, show_progress=False)
@@ -178,3 +179,19 @@ def test_memory_stays_bounded_by_batch_not_log(tmp_path):
     out_bytes = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
     assert pool.max_memory() - before < out_bytes / 2
     assert json.loads(pq.read_schema(tmp_path / "big.parquet").metadata[b"shoprank"])["params"]["k"] == 10
+
+
+@pytest.mark.parametrize("engine, options, match", [
+    ("spark", {}, "--engine must be 'local' or 'ray'"),
+    ("local", {"workers": 2}, "--address and --workers need --engine ray"),
+    ("ray", {"resume": True}, "--resume is for the local engine"),
+    ("ray", {"backend": "torch"}, "--backend/--precision are for the local engine"),
+    ("ray", {"precision": "int8"}, "--backend/--precision are for the local engine"),
+    ("ray", {"searcher": HashScorer()}, "pass model paths, not a searcher"),
+])
+def test_engine_options_it_cannot_honour_are_refused_before_any_work(tmp_path, engine, options, match):
+    """One check for both engines, before the input is read or a model (or Ray) is loaded."""
+    with pytest.raises(ShoprankError, match=match) as info:
+        score_logs(tmp_path / "absent.parquet", tmp_path / "out.parquet", engine=engine, show_progress=False,
+                   **options)
+    assert "\n" not in str(info.value) and not list(tmp_path.iterdir())
