@@ -9,7 +9,7 @@ import pytest
 from pipeline.data import (load_catalog, load_dataset, load_engagement, load_qrels, product_text,
                            qrels_dict, vocabulary_mismatch_queries)
 from pipeline.core.errors import DataError
-from pipeline.schema import load_mapping
+from pipeline.data.mapping import load_mapping
 
 WANDS_PRODUCTS = (
     "product_id\tproduct_name\tproduct_class\tproduct_features\tbrand_name\n"
