@@ -36,12 +36,8 @@ DEFAULT_INDEX_DIR = Path("indexes/default")
 #: File name of a per-position impression log next to the other data files.
 POSITIONS_FILE = "positions.parquet"
 from pipeline.core.runtime import DEFAULT_SEED  # noqa: E402  (re-exported for the CLI)
-#: Inference backends for both encoders: "auto" = ONNX Runtime when exports exist, else torch.
-BACKENDS = ("auto", "onnx", "torch")
-#: Reranker precision for search and batch scoring. "auto" = int8 on ONNX Runtime (nDCG@10
-#: -0.0046 against fp32, about 2x faster: benchmarks/int8_quality.py, search_speed.py) and
-#: fp32 on torch (torch's dynamic int8 costs -0.017 nDCG@10, so it is never a default).
-PRECISION_CHOICES = ("auto", "fp32", "int8")
+#: Default --precision of search and batch scoring (choices and the "auto" rule:
+#: :mod:`pipeline.core.onnx`).
 DEFAULT_PRECISION = "auto"
 
 

@@ -72,10 +72,10 @@ def _engagement_metrics(reranker: Any, catalog: Any, engagement: Any, queries: s
 
 def _dense_zero_shot(catalog: Any, workdir: Path) -> Any:
     """A flat index over the catalog with the bundled, untrained MiniLM."""
-    from retrieval.encoder import BiEncoder
+    from retrieval.encoders import load_encoder
     from retrieval.index import Retriever, build_index
 
-    encoder = BiEncoder.load(None)
+    encoder = load_encoder(None, "torch")
     build_index(catalog, encoder, workdir / "zero-shot", index_type="flat", show_progress=False)
     return Retriever.load(workdir / "zero-shot", encoder=encoder)
 
@@ -229,8 +229,8 @@ def _build_rankers(ds: Any, systems: Sequence[str], scratch: Path, index_dir: An
 def _load_reranker(path: Any) -> Any:
     """The trained cross-encoder at ``path`` (ArtifactError if there is none)."""
     from pipeline.core.errors import ArtifactError
-    from rerank.model import MultiTaskCrossEncoder
+    from rerank.loading import load_reranker
 
     if path is None or not (Path(path) / "manifest.json").is_file():
         raise ArtifactError(f"{path}: no trained reranker here (two-stage evaluation needs one)")
-    return MultiTaskCrossEncoder.load(path)
+    return load_reranker(path, "torch", "fp32")

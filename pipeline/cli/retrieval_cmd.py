@@ -105,28 +105,15 @@ def build_index_cmd(
     """Encode a catalog and write a FAISS index (atomically) with ids and a manifest.
     With --engine ray the encoding runs on Ray actors; the index is built on this machine."""
     from pipeline.config import DEFAULT_DATA_DIR
-    from retrieval.encoder import BiEncoder
+    from retrieval.encoders import load_encoder
     from retrieval.index import build_index
 
     if engine not in ("local", "ray") or (engine == "local" and (address is not None or workers is not None)):
         from pipeline.core.errors import ShoprankError
 
         raise ShoprankError("--engine must be 'local' or 'ray'; --address and --workers need --engine ray")
-    chosen = _default_model(model)
-    backend, precision = _encoding_backend(backend, precision, chosen)
-    catalog = catalog or DEFAULT_DATA_DIR / "catalog.parquet"
-    frame = _load_catalog(catalog)
-    if backend == "onnx":
-        from retrieval.encoder import verify_model_folder
-        from retrieval.onnx_encoder import OnnxBiEncoder
-
-        if chosen is None:
-            from pipeline.core.errors import ShoprankError
-
-            raise ShoprankError("--backend onnx needs a trained retriever (--model) exported with `pipeline export-onnx`")
-        encoder = OnnxBiEncoder.load(chosen, verify_model_folder(Path(chosen))[0], precision=precision)
-    else:
-        encoder = BiEncoder.load(chosen)
+    frame = _load_catalog(catalog or DEFAULT_DATA_DIR / "catalog.parquet")
+    encoder = load_encoder(_default_model(model), backend, precision)
     params = {k: v for k, v in {"efSearch": ef_search, "nprobe": nprobe}.items() if v is not None}
     info(f"encoding {len(frame)} products with {encoder.name} ({encoder.path})")
     if engine == "ray":
@@ -142,26 +129,6 @@ def build_index_cmd(
         print_table(_index_summary(manifest), title=f"index {out}")
 
 
-def _encoding_backend(backend: str, precision: str, model: Optional[Path]) -> tuple[str, str]:
-    """Resolve build-index's --backend/--precision (``auto``: ONNX int8 when the model is
-    exported, torch fp32 otherwise; the Ray engine's actors encode the same way), refusing
-    combinations that cannot run."""
-    from pipeline.config import BACKENDS, PRECISION_CHOICES
-    from pipeline.core.errors import ShoprankError
-    from pipeline.core.onnx import has_export
-
-    if backend not in BACKENDS or precision not in PRECISION_CHOICES:
-        raise ShoprankError(f"--backend must be one of {', '.join(BACKENDS)} and --precision one of "
-                            f"{', '.join(PRECISION_CHOICES)}")
-    if backend == "auto":
-        backend = "onnx" if model is not None and has_export(model) else "torch"
-    if precision == "auto":
-        precision = "int8" if backend == "onnx" else "fp32"
-    if backend == "torch" and precision != "fp32":
-        raise ShoprankError("--precision int8 needs --backend onnx")
-    return backend, precision
-
-
 @index_app.command("add")
 def index_add_cmd(
     catalog: Path = typer.Option(..., "--catalog", help="Products to add (same columns as the catalog)."),
@@ -174,9 +141,9 @@ def index_add_cmd(
 
     encoder = None
     if model is not None:
-        from retrieval.encoder import BiEncoder
+        from retrieval.encoders import load_encoder
 
-        encoder = BiEncoder.load(model)
+        encoder = load_encoder(model, backend="torch")
     manifest = add_products(index, _load_catalog(catalog), encoder, show_progress=not json_out)
     _show(manifest, json_out, index)
 
@@ -217,9 +184,9 @@ def index_info_cmd(
 
     encoder = None
     if model is not None:
-        from retrieval.encoder import BiEncoder
+        from retrieval.encoders import load_encoder
 
-        encoder = BiEncoder.load(model)
+        encoder = load_encoder(model, backend="torch")
     details = Retriever.load(index, encoder, load_encoder=False).info()
     if json_out:
         emit_json(details)

@@ -57,7 +57,6 @@ def search(
     weights: Optional[str] = typer.Option(None, "--weights", help="Fusion weights, e.g. click=0.1,add_to_cart=0.3,purchase=1."),
     backend: str = _BACKEND,
     precision: str = _PRECISION,
-    quantize: bool = typer.Option(False, "--int8", help="Shorthand for --precision int8."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Search the catalog: retrieve top candidates, rerank them, show the top k with click /
@@ -76,8 +75,7 @@ def search(
         if not queries:
             raise ShoprankError(f"{queries_file}: no queries in the file")
     result = run_search(queries, k=k, candidates=candidates, index_dir=index_dir, reranker=reranker,
-                        catalog=catalog, weights=_weights(weights), backend=backend, precision=precision,
-                        quantize=quantize)
+                        catalog=catalog, weights=_weights(weights), backend=backend, precision=precision)
     if json_out:
         emit_json(result)
         return
