@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.config import DEFAULT_CANDIDATES
 from pipeline.data import Dataset, qrels_dict
 from pipeline.core.errors import DataError
 
@@ -46,7 +47,7 @@ def _grades(dataset: Dataset, queries: Sequence[str]) -> tuple[dict[str, dict[st
 
 
 def fit_fusion(dataset: Dataset, reranker: Any, retriever: Any, *,
-               reranker_dir: str | os.PathLike[str] | None = None, split: str = "valid", candidates: int = 50,
+               reranker_dir: str | os.PathLike[str] | None = None, split: str = "valid", candidates: int = DEFAULT_CANDIDATES,
                weights: Mapping[str, float] | None = None, batch_size: int = 128) -> dict[str, Any]:
     """Fit the reranker weight of the first-stage blend on ``split`` and (with
     ``reranker_dir``) record it in that reranker's manifest; return the fit.
@@ -108,7 +109,7 @@ def retriever_encoder_dir(retriever: Any) -> Path | None:
 
 
 def train_reranker_on_index(dataset: Dataset, out_dir: str | os.PathLike[str], *,
-                            index_dir: str | os.PathLike[str] | None = None, candidates: int = 50,
+                            index_dir: str | os.PathLike[str] | None = None, candidates: int = DEFAULT_CANDIDATES,
                             retriever: Any = None, encoder_from_retriever: bool = True,
                             positions: str | os.PathLike[str] | None = None,
                             **train_kwargs: Any) -> dict[str, Any]:

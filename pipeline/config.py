@@ -33,6 +33,11 @@ DEFAULT_RETRIEVER_DIR = Path("models/retriever")
 DEFAULT_RERANKER_DIR = Path("models/reranker")
 DEFAULT_DOMAIN_BERT_DIR = Path("models/domain-bert")
 DEFAULT_INDEX_DIR = Path("indexes/default")
+DEFAULT_RUNS_DIR = Path("runs")
+#: Retrieved candidates the reranker scores per query, the default of every command: past
+#: this, more candidates cost reranking time without a measurable ranking gain
+#: (benchmarks/search_speed.py).
+DEFAULT_CANDIDATES = 50
 #: File name of a per-position impression log next to the other data files.
 POSITIONS_FILE = "positions.parquet"
 from pipeline.core.runtime import DEFAULT_SEED  # noqa: E402  (re-exported for the CLI)

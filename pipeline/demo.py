@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pipeline.config import (DEFAULT_DATA_DIR, DEFAULT_INDEX_DIR, DEFAULT_RERANKER_DIR, DEFAULT_RETRIEVER_DIR,
-                             DEFAULT_SEED)
+                             DEFAULT_RUNS_DIR, DEFAULT_SEED)
 from pipeline.core.artifacts import ensure_writable_dir
 
 PREFERRED_EXAMPLES = ("comfy couch",)
@@ -136,7 +136,7 @@ def run_demo(workdir: str | os.PathLike[str] = ".", *, quick: bool = False, seed
     budget = budget or (QUICK if quick else FULL)
     root = ensure_writable_dir(workdir, "demo directory")
     data_dir, retriever_dir = root / DEFAULT_DATA_DIR, root / DEFAULT_RETRIEVER_DIR
-    index_dir, reranker_dir, runs = root / DEFAULT_INDEX_DIR, root / DEFAULT_RERANKER_DIR, root / "runs"
+    index_dir, reranker_dir, runs = root / DEFAULT_INDEX_DIR, root / DEFAULT_RERANKER_DIR, root / DEFAULT_RUNS_DIR
     runs.mkdir(exist_ok=True)
     timings: dict[str, float] = {}
     started = time.perf_counter()

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import DEFAULT_INDEX_DIR, DEFAULT_RERANKER_DIR, DEFAULT_SEED
+from pipeline.config import DEFAULT_CANDIDATES, DEFAULT_INDEX_DIR, DEFAULT_RERANKER_DIR, DEFAULT_SEED
 from pipeline.core.errors import DataError, ShoprankError
 from pipeline.core.tasks import COUNT_COLUMNS
 from pipeline.core.metrics import (DEFAULT_MEASURES, aggregate, auc, paired_bootstrap, per_query, write_trec_qrels,
@@ -86,7 +86,7 @@ def evaluate(data_dir: str | os.PathLike[str] | None = None, *, dataset: Any = N
              split: str = "test", index_dir: str | os.PathLike[str] = DEFAULT_INDEX_DIR,
              reranker: str | os.PathLike[str] | None = DEFAULT_RERANKER_DIR,
              run_dir: str | os.PathLike[str] | None = None, systems: Sequence[str] = SYSTEMS,
-             candidates: int = 100, depth: int = 100, measures: Sequence[str] = DEFAULT_MEASURES,
+             candidates: int = DEFAULT_CANDIDATES, depth: int = 100, measures: Sequence[str] = DEFAULT_MEASURES,
              max_engagement_pairs: int = 2000, seed: int = DEFAULT_SEED) -> dict[str, Any]:
     """Evaluate the requested systems on ``split``; returns a JSON-able report.
 

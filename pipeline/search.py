@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import DEFAULT_DATA_DIR, DEFAULT_INDEX_DIR, DEFAULT_PRECISION, DEFAULT_RERANKER_DIR
+from pipeline.config import DEFAULT_CANDIDATES, DEFAULT_DATA_DIR, DEFAULT_INDEX_DIR, DEFAULT_PRECISION, DEFAULT_RERANKER_DIR
 from pipeline.core.errors import ArtifactError, DataError, ShoprankError
 
 #: Longer queries are cut (with a note) before encoding: real queries are a few words, and
@@ -287,11 +287,11 @@ class TwoStageSearcher:
             scores = blend(scores, retrieval_scores, 1.0 - self.retrieval_weight)
         return probs, scores
 
-    def search(self, query: str, k: int = 10, candidates: int = 100) -> list[SearchHit]:
+    def search(self, query: str, k: int = 10, candidates: int = DEFAULT_CANDIDATES) -> list[SearchHit]:
         """Top-k products for one query (see :meth:`search_many`)."""
         return self.search_many([query], k=k, candidates=candidates)[0]
 
-    def search_many(self, queries: Sequence[str], k: int = 10, candidates: int = 100) -> list[list[SearchHit]]:
+    def search_many(self, queries: Sequence[str], k: int = 10, candidates: int = DEFAULT_CANDIDATES) -> list[list[SearchHit]]:
         """Top-k products per query: retrieve ``candidates``, rerank them, keep ``k``.
 
         Each query is retrieved and reranked on its own (determinism contract above).
@@ -348,7 +348,7 @@ def _catalog_from_manifest(manifest: Mapping[str, Any]) -> Path:
     return Path(DEFAULT_DATA_DIR) / "catalog.parquet"
 
 
-def run_search(queries: Sequence[str], *, k: int = 10, candidates: int = 100,
+def run_search(queries: Sequence[str], *, k: int = 10, candidates: int = DEFAULT_CANDIDATES,
                index_dir: str | os.PathLike[str] = DEFAULT_INDEX_DIR,
                reranker: str | os.PathLike[str] | None = DEFAULT_RERANKER_DIR,
                catalog: str | os.PathLike[str] | None = None, weights: Mapping[str, float] | None = None,

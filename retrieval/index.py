@@ -35,6 +35,7 @@ from pipeline.core.artifacts import (
 )
 from pipeline.core.errors import ArtifactError, DataError
 from pipeline.core.runtime import DEFAULT_SEED
+from pipeline.core.text import PRODUCT_TEXT_FIELDS
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -47,7 +48,8 @@ IDS_FILE = "ids.npy"
 STATUS_FILE = "status.npy"
 LIVE, REMOVED, TOMBSTONED = 0, 1, 2
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")
-CATALOG_FP_COLUMNS = ["product_id", "title", "brand", "category", "attributes"]
+#: Catalog columns whose change makes an index stale: the id and every field of the product text.
+CATALOG_FP_COLUMNS = ["product_id", *PRODUCT_TEXT_FIELDS]
 
 
 def default_factory(index_type: str, n: int, dim: int, **params: Any) -> tuple[str, dict[str, Any]]:
