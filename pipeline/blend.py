@@ -17,11 +17,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import DEFAULT_CANDIDATES
-from pipeline.data import Dataset, qrels_dict
+from pipeline.data import Dataset, engagement_qrels, qrels_dict
 from pipeline.core.errors import DataError
-
-#: Grades for the engagement fallback when a dataset has no qrels: deeper funnel = better.
-_ENGAGEMENT_GRADES = (("purchases", 3), ("add_to_carts", 2), ("clicks", 1))
 
 
 def retriever_candidates(retriever: Any, queries: Sequence[str],
@@ -38,12 +35,7 @@ def _grades(dataset: Dataset, queries: Sequence[str]) -> tuple[dict[str, dict[st
         return qrels_dict(dataset.qrels), "qrels"
     if dataset.engagement is None:
         raise DataError("fitting the blend needs qrels or an engagement log for the valid queries")
-    rows = dataset.engagement[dataset.engagement["query"].isin(set(queries))]
-    out: dict[str, dict[str, int]] = {}
-    for row in rows.itertuples(index=False):
-        grade = next((g for col, g in _ENGAGEMENT_GRADES if getattr(row, col) > 0), 0)
-        out.setdefault(str(row.query), {})[str(row.product_id)] = grade
-    return out, "engagement"
+    return engagement_qrels(dataset.engagement, queries), "engagement"
 
 
 def fit_fusion(dataset: Dataset, reranker: Any, retriever: Any, *,

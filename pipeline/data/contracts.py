@@ -8,9 +8,11 @@ their numbers comparable.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pipeline.core.errors import DataError
@@ -21,6 +23,8 @@ CATALOG_COLUMNS = ["product_id", "title", "description", "brand", "category", "a
 ENGAGEMENT_COLUMNS = ["query", "product_id", *FUNNEL]
 QUERY_COLUMNS = ["query_id", "query", "split"]
 QRELS_COLUMNS = ["query", "product_id", "relevance"]
+#: Grades derived from engagement where a dataset has no qrels: the deepest funnel event wins.
+ENGAGEMENT_GRADES = (("purchases", 3), ("add_to_carts", 2), ("clicks", 1))
 SPLITS = ("train", "valid", "test", "unseen")   # unseen: held-out types or categories, never trained on
 
 
@@ -65,6 +69,15 @@ def qrels_dict(qrels: pd.DataFrame) -> dict[str, dict[str, int]]:
                        qrels["relevance"].astype("int64")):
         out.setdefault(q, {})[p] = int(g)
     return out
+
+
+def engagement_qrels(engagement: pd.DataFrame, queries: Iterable[str]) -> dict[str, dict[str, int]]:
+    """Graded judgements for ``queries`` derived from engagement (:data:`ENGAGEMENT_GRADES`,
+    0 = shown and never clicked), so a log-only dataset can still be validated and fitted on."""
+    rows = engagement[engagement["query"].isin(set(queries))]
+    grades = np.select([rows[col].to_numpy() > 0 for col, _ in ENGAGEMENT_GRADES],
+                       [grade for _, grade in ENGAGEMENT_GRADES], 0)
+    return qrels_dict(rows[["query", "product_id"]].assign(relevance=grades))
 
 
 def vocabulary_mismatch_queries(queries: pd.DataFrame, qrels: pd.DataFrame, catalog: pd.DataFrame,
