@@ -18,9 +18,9 @@ from pipeline.data.validate import (dataset_stats, load_catalog, load_dataset, l
                                     load_queries, validate_dataset, warn)
 
 __all__ = [
-    "CATALOG_COLUMNS", "ENGAGEMENT_COLUMNS", "ENGAGEMENT_GRADES", "FORMATS", "LABEL_PRESETS", "QRELS_COLUMNS", "QUERY_COLUMNS", "SPLITS",
-    "Dataset", "Mapping", "SectionMapping", "dataset_stats", "engagement_qrels", "find_data_file", "load_catalog", "load_dataset",
-    "load_engagement", "load_mapping", "load_position_log", "load_qrels", "load_queries", "parse_mapping",
-    "product_text", "product_text_fields", "qrels_dict", "read_table", "validate_dataset",
-    "vocabulary_mismatch_queries", "warn", "write_parquet",
+    "CATALOG_COLUMNS", "ENGAGEMENT_COLUMNS", "ENGAGEMENT_GRADES", "FORMATS", "LABEL_PRESETS", "QRELS_COLUMNS",
+    "QUERY_COLUMNS", "SPLITS", "Dataset", "Mapping", "SectionMapping", "dataset_stats", "engagement_qrels",
+    "find_data_file", "load_catalog", "load_dataset", "load_engagement", "load_mapping", "load_position_log",
+    "load_qrels", "load_queries", "parse_mapping", "product_text", "product_text_fields", "qrels_dict",
+    "read_table", "validate_dataset", "vocabulary_mismatch_queries", "warn", "write_parquet",
 ]
