@@ -16,11 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.data import Dataset, qrels_dict
+from pipeline.config import DEFAULT_CANDIDATES
+from pipeline.data import Dataset, engagement_qrels, qrels_dict
 from pipeline.core.errors import DataError
-
-#: Grades for the engagement fallback when a dataset has no qrels: deeper funnel = better.
-_ENGAGEMENT_GRADES = (("purchases", 3), ("add_to_carts", 2), ("clicks", 1))
 
 
 def retriever_candidates(retriever: Any, queries: Sequence[str],
@@ -37,16 +35,11 @@ def _grades(dataset: Dataset, queries: Sequence[str]) -> tuple[dict[str, dict[st
         return qrels_dict(dataset.qrels), "qrels"
     if dataset.engagement is None:
         raise DataError("fitting the blend needs qrels or an engagement log for the valid queries")
-    rows = dataset.engagement[dataset.engagement["query"].isin(set(queries))]
-    out: dict[str, dict[str, int]] = {}
-    for row in rows.itertuples(index=False):
-        grade = next((g for col, g in _ENGAGEMENT_GRADES if getattr(row, col) > 0), 0)
-        out.setdefault(str(row.query), {})[str(row.product_id)] = grade
-    return out, "engagement"
+    return engagement_qrels(dataset.engagement, queries), "engagement"
 
 
 def fit_fusion(dataset: Dataset, reranker: Any, retriever: Any, *,
-               reranker_dir: str | os.PathLike[str] | None = None, split: str = "valid", candidates: int = 50,
+               reranker_dir: str | os.PathLike[str] | None = None, split: str = "valid", candidates: int = DEFAULT_CANDIDATES,
                weights: Mapping[str, float] | None = None, batch_size: int = 128) -> dict[str, Any]:
     """Fit the reranker weight of the first-stage blend on ``split`` and (with
     ``reranker_dir``) record it in that reranker's manifest; return the fit.
@@ -126,7 +119,7 @@ def retriever_encoder_dir(retriever: Any) -> Path | None:
 
 
 def train_reranker_on_index(dataset: Dataset, out_dir: str | os.PathLike[str], *,
-                            index_dir: str | os.PathLike[str] | None = None, candidates: int = 50,
+                            index_dir: str | os.PathLike[str] | None = None, candidates: int = DEFAULT_CANDIDATES,
                             retriever: Any = None, encoder_from_retriever: bool = True,
                             positions: str | os.PathLike[str] | None = None,
                             **train_kwargs: Any) -> dict[str, Any]:

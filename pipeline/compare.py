@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import DEFAULT_DATA_DIR, POSITIONS_FILE
+from pipeline.config import DEFAULT_CANDIDATES, DEFAULT_DATA_DIR, DEFAULT_RUNS_DIR, POSITIONS_FILE
 from pipeline.core.artifacts import atomic_write_text
 from pipeline.core.errors import DataError
 from pipeline.core.runtime import DEFAULT_SEED
@@ -245,10 +245,12 @@ def acceptance(rows: Sequence[Mapping[str, Any]], retrieval: Mapping[str, Any]) 
     return checks
 
 
-def compare_rerankers(data_dir: str | os.PathLike[str] | None = None, out_dir: str | os.PathLike[str] = "runs/compare-rerankers",
+def compare_rerankers(data_dir: str | os.PathLike[str] | None = None,
+                      out_dir: str | os.PathLike[str] = DEFAULT_RUNS_DIR / "compare-rerankers",
                       *, index_dir: str | os.PathLike[str] | None = None,
                       retriever_dir: str | os.PathLike[str] | None = None, retriever_steps: int = 200,
-                      variants: Sequence[str] | None = None, seeds: int = 1, candidates: int = 50, epochs: int = 2,
+                      variants: Sequence[str] | None = None, seeds: int = 1, candidates: int = DEFAULT_CANDIDATES,
+                      epochs: int = 2,
                       max_length: int | None = None, batch_size: int = 32, learning_rate: float = 1e-4,
                       train_queries: int | None = None, valid_queries: int | None = None,
                       test_queries: int | None = None, max_shown_per_query: int | None = 8, negatives: int = 3,

@@ -33,15 +33,16 @@ DEFAULT_RETRIEVER_DIR = Path("models/retriever")
 DEFAULT_RERANKER_DIR = Path("models/reranker")
 DEFAULT_DOMAIN_BERT_DIR = Path("models/domain-bert")
 DEFAULT_INDEX_DIR = Path("indexes/default")
+DEFAULT_RUNS_DIR = Path("runs")
+#: Retrieved candidates the reranker scores per query, the default of every command: past
+#: this, more candidates cost reranking time without a measurable ranking gain
+#: (benchmarks/search_speed.py).
+DEFAULT_CANDIDATES = 50
 #: File name of a per-position impression log next to the other data files.
 POSITIONS_FILE = "positions.parquet"
 from pipeline.core.runtime import DEFAULT_SEED  # noqa: E402  (re-exported for the CLI)
-#: Inference backends for both encoders: "auto" = ONNX Runtime when exports exist, else torch.
-BACKENDS = ("auto", "onnx", "torch")
-#: Reranker precision for search and batch scoring. "auto" = int8 on ONNX Runtime (nDCG@10
-#: -0.0046 against fp32, about 2x faster: benchmarks/int8_quality.py, search_speed.py) and
-#: fp32 on torch (torch's dynamic int8 costs -0.017 nDCG@10, so it is never a default).
-PRECISION_CHOICES = ("auto", "fp32", "int8")
+#: Default --precision of search and batch scoring (choices and the "auto" rule:
+#: :mod:`pipeline.core.onnx`).
 DEFAULT_PRECISION = "auto"
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pipeline.config import (DEFAULT_DATA_DIR, DEFAULT_INDEX_DIR, DEFAULT_RERANKER_DIR, DEFAULT_RETRIEVER_DIR,
-                             DEFAULT_SEED)
+                             DEFAULT_RUNS_DIR, DEFAULT_SEED)
 from pipeline.core.artifacts import ensure_writable_dir
 
 PREFERRED_EXAMPLES = ("comfy couch",)
@@ -126,18 +126,17 @@ def run_demo(workdir: str | os.PathLike[str] = ".", *, quick: bool = False, seed
     from pipeline.evaluate import evaluate
     from pipeline.world.sample import write_sample
     from pipeline.search import TwoStageSearcher
-    from rerank.model import MultiTaskCrossEncoder
+    from rerank.loading import load_reranker
     from pipeline.export import export_onnx
     from pipeline.blend import train_reranker_on_index
-    from retrieval.encoder import BiEncoder
+    from retrieval.encoders import load_encoder
     from retrieval.index import Retriever, build_index
-    from retrieval.onnx_encoder import OnnxBiEncoder
     from retrieval.train import train_retriever
 
     budget = budget or (QUICK if quick else FULL)
     root = ensure_writable_dir(workdir, "demo directory")
     data_dir, retriever_dir = root / DEFAULT_DATA_DIR, root / DEFAULT_RETRIEVER_DIR
-    index_dir, reranker_dir, runs = root / DEFAULT_INDEX_DIR, root / DEFAULT_RERANKER_DIR, root / "runs"
+    index_dir, reranker_dir, runs = root / DEFAULT_INDEX_DIR, root / DEFAULT_RERANKER_DIR, root / DEFAULT_RUNS_DIR
     runs.mkdir(exist_ok=True)
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -152,10 +151,10 @@ def run_demo(workdir: str | os.PathLike[str] = ".", *, quick: bool = False, seed
     with _timed(timings, "export retriever (onnx)"):
         export_onnx(retriever_dir, None)
     with _timed(timings, "build index"):
-        # Encoded by the int8 ONNX graph, as `pipeline build-index` does by default: ~2.5x the
-        # torch fp32 speed at the same Recall@100 (benchmarks/encoding_quality.py).
-        encoder = BiEncoder.load(retriever_dir)
-        build_index(dataset.catalog, OnnxBiEncoder.load(retriever_dir, encoder.model_id, precision="int8"), index_dir,
+        # Encoded by the int8 ONNX graph, as `pipeline build-index` does by default: faster than
+        # torch fp32 at the same recall (benchmarks/encoding_quality.py).
+        encoder = load_encoder(retriever_dir, "torch")
+        build_index(dataset.catalog, load_encoder(retriever_dir, "onnx", "int8", model_id=encoder.model_id), index_dir,
                     index_type="flat", show_progress=progress)
         retriever = Retriever.load(index_dir, encoder=encoder)
     with _timed(timings, "train reranker"):
@@ -170,7 +169,7 @@ def run_demo(workdir: str | os.PathLike[str] = ".", *, quick: bool = False, seed
         evaluation = evaluate(dataset=dataset, split="test", index_dir=index_dir, reranker=reranker_dir,
                               run_dir=runs / "eval", candidates=budget.candidates, seed=seed,
                               max_engagement_pairs=budget.eval_engagement_pairs)
-    searcher = TwoStageSearcher(retriever, MultiTaskCrossEncoder.load(reranker_dir), dataset.catalog)
+    searcher = TwoStageSearcher(retriever, load_reranker(reranker_dir, "torch", "fp32"), dataset.catalog)
     with _timed(timings, "example searches"):
         examples, example_summary = _examples(searcher, dataset, "test", 3, budget.candidates)
     with _timed(timings, "score query log"):

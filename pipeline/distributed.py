@@ -159,10 +159,10 @@ class _EncodeActor:
     """
 
     def __init__(self, *, model_path: str, model_id: str, batch_size: int, encoded_with: str = "torch-fp32") -> None:
-        from retrieval.onnx_encoder import load_encoder
+        from retrieval.encoders import load_index_encoder
 
         try:  # one ORT thread per actor (num_cpus=1)
-            self.encoder = load_encoder(model_path, model_id, encoded_with, threads=1, cache_size=0)
+            self.encoder = load_index_encoder(model_path, model_id, encoded_with, threads=1, cache_size=0)
         except ArtifactError as exc:  # a node with other weights (or a stale export) at the same path
             raise ArtifactError(f"on {socket.gethostname()}: {exc}") from None
         self.batch_size = batch_size

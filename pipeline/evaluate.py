@@ -30,10 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import DEFAULT_INDEX_DIR, DEFAULT_RERANKER_DIR, DEFAULT_SEED
+from pipeline.config import DEFAULT_CANDIDATES, DEFAULT_INDEX_DIR, DEFAULT_RERANKER_DIR, DEFAULT_SEED
 from pipeline.core.errors import DataError, ShoprankError
 from pipeline.core.tasks import COUNT_COLUMNS
-from pipeline.core.metrics import DEFAULT_MEASURES, aggregate, auc, paired_bootstrap, per_query, write_trec_run
+from pipeline.core.metrics import (DEFAULT_MEASURES, aggregate, auc, paired_bootstrap, per_query, write_trec_qrels,
+                                   write_trec_run)
 
 SYSTEMS = ("bm25", "dense-zero-shot", "dense-fine-tuned", "two-stage", "oracle-rerank")
 # Paired comparisons reported with a bootstrap interval: (system, the system it must beat).
@@ -41,27 +42,6 @@ PAIRED_AGAINST = (("two-stage", "dense-fine-tuned"), ("dense-fine-tuned", "dense
                   ("dense-zero-shot", "bm25"))
 PAIRED_MEASURE = "nDCG@10"
 Ranker = Callable[[list[str]], tuple[list[list[str]], list[Sequence[float]]]]
-
-
-def _qrels_dict(qrels_df: Any) -> dict[str, dict[str, int]]:
-    """``{query: {product_id: grade}}`` (the shared helper if the data module has it)."""
-    try:
-        from pipeline.data import qrels_dict
-
-        return qrels_dict(qrels_df)
-    except ImportError:
-        out: dict[str, dict[str, int]] = {}
-        for q, pid, rel in qrels_df[["query", "product_id", "relevance"]].itertuples(index=False):
-            out.setdefault(str(q), {})[str(pid)] = int(rel)
-        return out
-
-
-def write_trec_qrels(path: str | os.PathLike[str], qrels: dict[str, dict[str, int]]) -> None:
-    """TREC qrels file (``qid 0 docid grade``), the partner of the run files."""
-    from pipeline.core.artifacts import atomic_write_text
-
-    lines = [f"{qid} 0 {doc} {grade}" for qid, docs in qrels.items() for doc, grade in sorted(docs.items())]
-    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def _engagement_metrics(reranker: Any, catalog: Any, engagement: Any, queries: set[str],
@@ -92,10 +72,10 @@ def _engagement_metrics(reranker: Any, catalog: Any, engagement: Any, queries: s
 
 def _dense_zero_shot(catalog: Any, workdir: Path) -> Any:
     """A flat index over the catalog with the bundled, untrained MiniLM."""
-    from retrieval.encoder import BiEncoder
+    from retrieval.encoders import load_encoder
     from retrieval.index import Retriever, build_index
 
-    encoder = BiEncoder.load(None)
+    encoder = load_encoder(None, "torch")
     build_index(catalog, encoder, workdir / "zero-shot", index_type="flat", show_progress=False)
     return Retriever.load(workdir / "zero-shot", encoder=encoder)
 
@@ -106,7 +86,7 @@ def evaluate(data_dir: str | os.PathLike[str] | None = None, *, dataset: Any = N
              split: str = "test", index_dir: str | os.PathLike[str] = DEFAULT_INDEX_DIR,
              reranker: str | os.PathLike[str] | None = DEFAULT_RERANKER_DIR,
              run_dir: str | os.PathLike[str] | None = None, systems: Sequence[str] = SYSTEMS,
-             candidates: int = 100, depth: int = 100, measures: Sequence[str] = DEFAULT_MEASURES,
+             candidates: int = DEFAULT_CANDIDATES, depth: int = 100, measures: Sequence[str] = DEFAULT_MEASURES,
              max_engagement_pairs: int = 2000, seed: int = DEFAULT_SEED) -> dict[str, Any]:
     """Evaluate the requested systems on ``split``; returns a JSON-able report.
 
@@ -114,7 +94,7 @@ def evaluate(data_dir: str | os.PathLike[str] | None = None, *, dataset: Any = N
     ``report["tasks"]`` the reranker's per-task engagement metrics; ``report["run_files"]``
     the TREC run files written to ``run_dir`` (a temporary directory if None, removed after).
     """
-    from pipeline.data import load_dataset, vocabulary_mismatch_queries
+    from pipeline.data import load_dataset, qrels_dict, vocabulary_mismatch_queries
 
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
@@ -128,7 +108,7 @@ def evaluate(data_dir: str | os.PathLike[str] | None = None, *, dataset: Any = N
     qid_of: dict[str, str] = {}
     for qid, text in split_df[["query_id", "query"]].astype(str).itertuples(index=False):
         qid_of.setdefault(text, qid.replace(" ", "_"))
-    all_qrels = _qrels_dict(ds.qrels)
+    all_qrels = qrels_dict(ds.qrels)
     texts = [t for t in qid_of if t in all_qrels]
     if not texts:
         raise DataError(f"qrels: no judgements for the {split!r} queries")
@@ -249,8 +229,8 @@ def _build_rankers(ds: Any, systems: Sequence[str], scratch: Path, index_dir: An
 def _load_reranker(path: Any) -> Any:
     """The trained cross-encoder at ``path`` (ArtifactError if there is none)."""
     from pipeline.core.errors import ArtifactError
-    from rerank.model import MultiTaskCrossEncoder
+    from rerank.loading import load_reranker
 
     if path is None or not (Path(path) / "manifest.json").is_file():
         raise ArtifactError(f"{path}: no trained reranker here (two-stage evaluation needs one)")
-    return MultiTaskCrossEncoder.load(path)
+    return load_reranker(path, "torch", "fp32")

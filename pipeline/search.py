@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import BACKENDS, DEFAULT_DATA_DIR, DEFAULT_INDEX_DIR, DEFAULT_PRECISION, DEFAULT_RERANKER_DIR
+from pipeline.config import DEFAULT_CANDIDATES, DEFAULT_DATA_DIR, DEFAULT_INDEX_DIR, DEFAULT_PRECISION, DEFAULT_RERANKER_DIR
 from pipeline.core.errors import ArtifactError, DataError, ShoprankError
 
 #: Longer queries are cut (with a note) before encoding: real queries are a few words, and
@@ -168,15 +168,16 @@ class TwoStageSearcher:
     def load(cls, index_dir: str | os.PathLike[str] = DEFAULT_INDEX_DIR,
              reranker: str | os.PathLike[str] | None = DEFAULT_RERANKER_DIR, *,
              catalog: str | os.PathLike[str] | None = None, backend: str = "auto",
-             precision: str = DEFAULT_PRECISION, quantize: bool = False,
-             weights: Mapping[str, float] | None = None, warn: bool = True) -> TwoStageSearcher:
+             precision: str = DEFAULT_PRECISION, weights: Mapping[str, float] | None = None,
+             warn: bool = True) -> TwoStageSearcher:
         """Load the index (and its query encoder), the reranker and the catalog.
 
         ``backend``: ``"onnx"`` runs both encoders on ONNX Runtime from their exports
         (``pipeline export-onnx``) and never imports torch; ``"torch"`` runs the PyTorch
-        models; ``"auto"`` (default) picks ONNX when every needed export exists. ``precision``
-        is ``"int8"`` or ``"fp32"`` (torch int8 = dynamic quantisation of the reranker;
-        ``quantize=True`` is the older spelling of ``precision="int8"``).
+        models; ``"auto"`` (default) is ONNX when each stage's own "auto"
+        (:func:`retrieval.encoders.choose_backend`, :func:`rerank.loading.choose_backend`) is,
+        so both stages always run on one runtime. ``precision`` is the reranker's: ``"int8"``,
+        ``"fp32"`` or ``"auto"`` (torch int8 = dynamic quantisation).
 
         A missing reranker at the *default* path is not an error (the user may not have
         trained one yet): the searcher says so on stderr and ranks by retrieval score.
@@ -184,15 +185,14 @@ class TwoStageSearcher:
         recorded in the index manifest, then ``data/sample/catalog.parquet``.
         """
         from pipeline.core.artifacts import read_manifest
-        from pipeline.config import PRECISION_CHOICES
-        from pipeline.core.onnx import has_export
+        from pipeline.core.onnx import check_choices
+        from rerank.loading import choose_backend as reranker_backend
+        from rerank.loading import load_reranker
+        from retrieval.encoders import choose_backend as retriever_backend
+        from retrieval.encoders import load_encoder
         from retrieval.index import INDEX_KIND, Retriever
 
-        precision = "int8" if quantize else precision
-        if backend not in BACKENDS:
-            raise ShoprankError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        if precision not in PRECISION_CHOICES:
-            raise ShoprankError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
+        check_choices(backend, precision)
         index_path = Path(index_dir)
         if not (index_path / "manifest.json").is_file():
             raise ArtifactError(
@@ -211,42 +211,33 @@ class TwoStageSearcher:
                     "(train one with `pipeline train-reranker` or run `pipeline demo`)\n"
                 )
         if backend == "auto":
-            exported = has_export(model_path) and (not has_reranker or has_export(rpath))  # type: ignore[arg-type]
-            backend = "onnx" if exported else "torch"
-        if precision == "auto":
-            precision = "int8" if backend == "onnx" else "fp32"
+            stages = [retriever_backend(model_path)[0], *([reranker_backend(rpath)[0]] if has_reranker else [])]
+            backend = "onnx" if all(stage == "onnx" for stage in stages) else "torch"
+        backend, precision = reranker_backend(rpath if has_reranker else None, backend, precision)
         cat_path = Path(catalog) if catalog else _catalog_from_manifest(index_manifest)
         if backend == "onnx":
             from concurrent.futures import ThreadPoolExecutor
 
             from pipeline.core.runtime import import_faiss
-            from rerank.onnx_model import OnnxCrossEncoder
-            from retrieval.onnx_encoder import OnnxBiEncoder
 
             import_faiss(with_torch=False)  # settles the import order: this process never loads torch
             import onnxruntime  # noqa: F401  (imported here, not racing inside the worker threads)
             import pyarrow.parquet  # noqa: F401
             import tokenizers  # noqa: F401
-            # The four loads overlap (ORT session set-up, faiss and pyarrow reads and hashing
-            # release the GIL). With the checksum stamps this took cold `pipeline search` on a 100k
-            # index from 1.2-1.3 s to 0.8-0.9 s (README, Performance).
+            # The loads overlap: ORT session set-up, faiss and pyarrow reads and hashing release the GIL.
             with ThreadPoolExecutor(max_workers=3) as pool:
-                # Query vectors stay fp32 whatever the precision: one short query costs a few ms,
-                # and int8 query vectors cost nDCG (benchmarks/search_speed.py).
-                encoder_job = pool.submit(OnnxBiEncoder.load, model_path, str(index_manifest.get("model_id") or ""),
-                                          precision="fp32")
-                model_job = pool.submit(OnnxCrossEncoder.load, rpath, precision=precision) if has_reranker else None
+                # Query vectors stay fp32 whatever the precision: one short query is cheap to
+                # encode, and int8 query vectors cost ranking quality (benchmarks/search_speed.py).
+                encoder_job = pool.submit(load_encoder, model_path, "onnx", "fp32",
+                                          model_id=str(index_manifest.get("model_id") or ""))
+                model_job = pool.submit(load_reranker, rpath, "onnx", precision) if has_reranker else None
                 catalog_job = pool.submit(CatalogText.read, cat_path)
                 retriever = Retriever.load(index_path, load_encoder=False).use_encoder(encoder_job.result())
                 model: Any = model_job.result() if model_job else None
                 catalog_text = catalog_job.result()
         else:
             retriever = Retriever.load(index_path)
-            model = None
-            if has_reranker:
-                from rerank.model import MultiTaskCrossEncoder
-
-                model = MultiTaskCrossEncoder.load(rpath, quantize=precision == "int8")  # type: ignore[arg-type]
+            model = load_reranker(rpath, "torch", precision) if has_reranker else None  # type: ignore[arg-type]
             catalog_text = CatalogText.read(cat_path)
         searcher = cls(retriever, model, catalog_text, weights=weights)
         searcher.backend, searcher.precision = backend, precision
@@ -296,11 +287,11 @@ class TwoStageSearcher:
             scores = blend(scores, retrieval_scores, 1.0 - self.retrieval_weight)
         return probs, scores
 
-    def search(self, query: str, k: int = 10, candidates: int = 100) -> list[SearchHit]:
+    def search(self, query: str, k: int = 10, candidates: int = DEFAULT_CANDIDATES) -> list[SearchHit]:
         """Top-k products for one query (see :meth:`search_many`)."""
         return self.search_many([query], k=k, candidates=candidates)[0]
 
-    def search_many(self, queries: Sequence[str], k: int = 10, candidates: int = 100) -> list[list[SearchHit]]:
+    def search_many(self, queries: Sequence[str], k: int = 10, candidates: int = DEFAULT_CANDIDATES) -> list[list[SearchHit]]:
         """Top-k products per query: retrieve ``candidates``, rerank them, keep ``k``.
 
         Each query is retrieved and reranked on its own (determinism contract above).
@@ -357,11 +348,11 @@ def _catalog_from_manifest(manifest: Mapping[str, Any]) -> Path:
     return Path(DEFAULT_DATA_DIR) / "catalog.parquet"
 
 
-def run_search(queries: Sequence[str], *, k: int = 10, candidates: int = 100,
+def run_search(queries: Sequence[str], *, k: int = 10, candidates: int = DEFAULT_CANDIDATES,
                index_dir: str | os.PathLike[str] = DEFAULT_INDEX_DIR,
                reranker: str | os.PathLike[str] | None = DEFAULT_RERANKER_DIR,
                catalog: str | os.PathLike[str] | None = None, weights: Mapping[str, float] | None = None,
-               backend: str = "auto", precision: str = DEFAULT_PRECISION, quantize: bool = False) -> dict[str, Any]:
+               backend: str = "auto", precision: str = DEFAULT_PRECISION) -> dict[str, Any]:
     """Load the searcher once and answer several queries (what `pipeline search` prints).
 
     Queries are validated *before* any model is loaded, so a blank query fails in
@@ -372,7 +363,7 @@ def run_search(queries: Sequence[str], *, k: int = 10, candidates: int = 100,
     cleaned = [clean_query(q) for q in queries]
     truncated = [i for i, q in enumerate(queries) if len(" ".join(str(q).split())) > MAX_QUERY_CHARS]
     searcher = TwoStageSearcher.load(index_dir, reranker, catalog=catalog, backend=backend, precision=precision,
-                                     quantize=quantize, weights=weights)
+                                     weights=weights)
     hits = searcher.search_many(cleaned, k=k, candidates=candidates)
     return {
         "reranked": searcher.reranked, "tasks": list(searcher.tasks), "models": searcher.manifest_ids(),

@@ -29,16 +29,12 @@ SearchFn = Callable[[list[str], int], tuple[list[list[str]], list[np.ndarray]]]
 def qrels_for(dataset: "Dataset", queries: Iterable[str]) -> dict[str, dict[str, int]]:
     """Graded qrels for ``queries``: the dataset's qrels, else grades derived from engagement
     (purchase 3 > add-to-cart 2 > click 1) so a log-only dataset can still be validated."""
-    from pipeline.data import qrels_dict
+    from pipeline.data import engagement_qrels, qrels_dict
 
     wanted = set(queries)
     if dataset.qrels is not None and len(dataset.qrels):
         return qrels_dict(dataset.qrels[dataset.qrels["query"].isin(wanted)])
-    eng = dataset.engagement
-    frame = eng[eng["query"].isin(wanted)][["query", "product_id"]].copy()
-    frame["relevance"] = np.select([eng["purchases"] > 0, eng["add_to_carts"] > 0, eng["clicks"] > 0],
-                                   [3, 2, 1], 0)[eng["query"].isin(wanted).to_numpy()]
-    return qrels_dict(frame)
+    return engagement_qrels(dataset.engagement, wanted)
 
 
 def exact_search(query_vecs: np.ndarray, product_vecs: np.ndarray, ids: Sequence[str],

@@ -35,6 +35,7 @@ from pipeline.core.artifacts import (
 )
 from pipeline.core.errors import ArtifactError, DataError
 from pipeline.core.runtime import DEFAULT_SEED
+from pipeline.core.text import PRODUCT_TEXT_FIELDS
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -47,7 +48,8 @@ IDS_FILE = "ids.npy"
 STATUS_FILE = "status.npy"
 LIVE, REMOVED, TOMBSTONED = 0, 1, 2
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")
-CATALOG_FP_COLUMNS = ["product_id", "title", "brand", "category", "attributes"]
+#: Catalog columns whose change makes an index stale: the id and every field of the product text.
+CATALOG_FP_COLUMNS = ["product_id", *PRODUCT_TEXT_FIELDS]
 
 
 def default_factory(index_type: str, n: int, dim: int, **params: Any) -> tuple[str, dict[str, Any]]:
@@ -276,12 +278,12 @@ class Retriever:
             raise ArtifactError(f"{index_dir}: {IDS_FILE} ({len(ids)} slots) does not match the index ({index.ntotal} vectors)")
         _apply_search_params(index, manifest.get("search_params") or {})
         if encoder is None and load_encoder:
-            from retrieval.encoder import BiEncoder
+            from retrieval.encoders import load_encoder as load_model
 
             path = manifest.get("model_path")
             if not path or not Path(path).is_dir():
                 raise ArtifactError(f"{index_dir}: recorded model {path!r} not found; pass the model explicitly")
-            encoder = BiEncoder.load(path)
+            encoder = load_model(path, backend="torch")
         if encoder is not None:
             check_encoder(manifest, encoder, index_dir)
         return cls(index_dir, index, ids, status, manifest, encoder)
@@ -386,22 +388,20 @@ def _remove_slots(index: Any, status: np.ndarray, slots: np.ndarray) -> str:
     return "tombstone"
 
 
-def _build_encoder(index_dir: str | os.PathLike[str]) -> Any:
-    """The encoder the index's vectors were made with (ONNX int8/fp32 or torch, per the
-    manifest's ``encoded_with``), so added products are encoded like the ones already there.
-    None (= the torch model) when the index was built with torch or the export is gone."""
-    from pipeline.core.onnx import has_export
+def _encoder_of(index_dir: str | os.PathLike[str]) -> Any:
+    """The encoder the index's vectors were made with (per the manifest's ``encoded_with``), so
+    added products are encoded like the ones already there. None (= the torch model that
+    :meth:`Retriever.load` loads) when the index was built with torch."""
+    from retrieval.encoders import TORCH_FP32, load_index_encoder
 
     recover_directory(index_dir)
     if not (Path(index_dir) / "manifest.json").is_file():
         return None  # Retriever.load says what is wrong
     manifest = read_manifest(Path(index_dir), kind=INDEX_KIND)
-    encoded_with, path = str(manifest.get("encoded_with") or "torch-fp32"), manifest.get("model_path")
-    if not encoded_with.startswith("onnx-") or not path or not has_export(path):
+    encoded_with, path = str(manifest.get("encoded_with") or TORCH_FP32), manifest.get("model_path")
+    if encoded_with == TORCH_FP32 or not path or not Path(path).is_dir():
         return None
-    from retrieval.onnx_encoder import load_encoder
-
-    return load_encoder(path, str(manifest.get("model_id") or ""), encoded_with)
+    return load_index_encoder(path, str(manifest.get("model_id") or ""), encoded_with, torch_without_export=True)
 
 
 def add_products(index_dir: str | os.PathLike[str], catalog_df: "pd.DataFrame", encoder: "BiEncoder | None" = None,
@@ -411,7 +411,7 @@ def add_products(index_dir: str | os.PathLike[str], catalog_df: "pd.DataFrame", 
     A product id that is already live is replaced: its old slot is removed/tombstoned and
     the new text gets a new slot, so search never returns two versions of one product.
     """
-    retriever = Retriever.load(index_dir, encoder or _build_encoder(index_dir), mmap=False)
+    retriever = Retriever.load(index_dir, encoder or _encoder_of(index_dir), mmap=False)
     if "product_id" not in catalog_df.columns:
         raise DataError("catalog: missing column 'product_id'")
     new_ids = catalog_df["product_id"].astype(str).to_numpy()

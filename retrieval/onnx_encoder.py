@@ -167,19 +167,3 @@ class OnnxBiEncoder:
 
         return self.encode_products(product_text(catalog), batch_size=batch_size, show_progress=show_progress)
 
-
-def load_encoder(model_dir: str | os.PathLike[str], model_id: str, encoded_with: str = "torch-fp32", *,
-                 threads: int | None = None, cache_size: int = DEFAULT_CACHE_SIZE) -> Any:
-    """The encoder that makes vectors the way an index manifest's ``encoded_with`` says
-    (``torch-fp32``, ``onnx-fp32``, ``onnx-int8``: the inverse of ``describe()``), refusing
-    weights other than ``model_id``. Adding products to an index and Ray's encoding actors
-    both use it, so their vectors match the ones already built."""
-    backend, _, precision = encoded_with.partition("-")
-    if backend == "onnx":
-        return OnnxBiEncoder.load(model_dir, model_id, precision=precision, threads=threads, cache_size=cache_size)
-    from retrieval.encoder import BiEncoder
-
-    encoder = BiEncoder.load(model_dir)
-    if encoder.model_id != model_id:
-        raise ArtifactError(f"{model_dir}: weights {encoder.model_id[:12]}… are not the expected {model_id[:12]}…")
-    return encoder

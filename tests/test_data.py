@@ -9,7 +9,7 @@ import pytest
 from pipeline.data import (load_catalog, load_dataset, load_engagement, load_qrels, product_text,
                            qrels_dict, vocabulary_mismatch_queries)
 from pipeline.core.errors import DataError
-from pipeline.schema import load_mapping
+from pipeline.data.mapping import load_mapping
 
 WANDS_PRODUCTS = (
     "product_id\tproduct_name\tproduct_class\tproduct_features\tbrand_name\n"
@@ -122,3 +122,12 @@ def test_bad_mapping_is_a_one_line_error(tmp_path) -> None:
         load_mapping(tmp_path / "m.toml")
     with pytest.raises(DataError, match=r"unknown section \[products\]"):
         load_mapping({"products": {}})
+
+
+def test_engagement_qrels_grade_by_the_deepest_funnel_event() -> None:
+    from pipeline.data import engagement_qrels
+
+    eng = pd.DataFrame({"query": ["a", "a", "a", "a", "b"], "product_id": ["1", "2", "3", "4", "1"],
+                        "impressions": [5] * 5, "clicks": [1, 1, 1, 0, 1], "add_to_carts": [1, 1, 0, 0, 0],
+                        "purchases": [1, 0, 0, 0, 0]})
+    assert engagement_qrels(eng, ["a"]) == {"a": {"1": 3, "2": 2, "3": 1, "4": 0}}

@@ -1,7 +1,7 @@
 """Data commands: `sample-data`, `simulate-engagement`, `validate`.
 
 Thin: parse options, call one library function (:func:`pipeline.world.sample.write_sample`,
-:func:`pipeline.world.simulate.engagement_from_labels`, :func:`pipeline.data.validate`), print a
+:func:`pipeline.world.simulate.engagement_from_labels`, :func:`pipeline.data.validate_dataset`), print a
 table or ``--json``. pandas/pyarrow are imported inside the commands (fast --help).
 """
 from __future__ import annotations
@@ -75,7 +75,7 @@ def validate(
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Load and validate a dataset against the data contracts; print its statistics."""
-    from pipeline.data import validate as validate_dataset
+    from pipeline.data import validate_dataset
 
     stats = validate_dataset(data_dir, catalog=catalog, engagement=engagement, queries=queries,
                              qrels=qrels, mapping=mapping)

@@ -14,8 +14,8 @@ import typer
 from rerank import DEFAULT_MAX_LENGTH
 
 from pipeline.cli._app import app, emit_json, info, print_table
-from pipeline.config import (DEFAULT_DATA_DIR, DEFAULT_DOMAIN_BERT_DIR, DEFAULT_RERANKER_DIR, DEFAULT_SEED,
-                             POSITIONS_FILE)
+from pipeline.config import (DEFAULT_CANDIDATES, DEFAULT_DATA_DIR, DEFAULT_DOMAIN_BERT_DIR, DEFAULT_RERANKER_DIR,
+                             DEFAULT_RUNS_DIR, DEFAULT_SEED, POSITIONS_FILE)
 
 _DATA = typer.Option(None, "--data", help="Dataset directory (catalog/engagement/queries .parquet).")
 _CATALOG = typer.Option(None, "--catalog", help="Catalog file (overrides --data's).")
@@ -78,7 +78,7 @@ def train_reranker_cmd(
     debias: str = typer.Option("none", "--debias", help="none | ipw (labels per examined impression, position bias fitted by EM)."),
     positions: Optional[Path] = typer.Option(None, "--positions", help="Per-position impression log for --debias ipw (default: positions.parquet in --data, else the engagement's mean positions)."),
     index: Optional[Path] = typer.Option(None, "--index", help="Index whose retriever gives candidates; also fits the first-stage blend on valid."),
-    candidates: int = typer.Option(50, "--candidates", min=1, help="Retriever candidates per query (with --index)."),
+    candidates: int = typer.Option(DEFAULT_CANDIDATES, "--candidates", min=1, help="Retriever candidates per query (with --index)."),
     prior_weight: float = typer.Option(0.0, "--prior-weight", min=0.0, help="Weight of the retriever-order distillation term (needs --index)."),
     seed: int = typer.Option(DEFAULT_SEED, "--seed"),
     json_out: bool = _JSON,
@@ -140,12 +140,12 @@ def adapt_lm_cmd(
 @app.command("compare-rerankers")
 def compare_rerankers_cmd(
     data: Path = typer.Option(DEFAULT_DATA_DIR, "--data", help="Sample world directory (with qrels)."),
-    out: Path = typer.Option(Path("runs/compare-rerankers"), "--out", help="Work directory; results.json lands here."),
+    out: Path = typer.Option(DEFAULT_RUNS_DIR / "compare-rerankers", "--out", help="Work directory; results.json lands here."),
     index: Optional[Path] = typer.Option(None, "--index", help="Use this index instead of building one."),
     retriever: Optional[Path] = typer.Option(None, "--retriever", help="Fine-tuned retriever folder (else one is trained)."),
     variants: Optional[str] = typer.Option(None, "--variants", help="Comma-separated subset of variants."),
     seeds: int = typer.Option(1, "--seeds", min=1, help="Seeds per variant (mean and 95% interval over them)."),
-    candidates: int = typer.Option(50, "--candidates", min=1, help="Retriever candidates reranked per query."),
+    candidates: int = typer.Option(DEFAULT_CANDIDATES, "--candidates", min=1, help="Retriever candidates reranked per query."),
     epochs: int = typer.Option(2, "--epochs", min=1),
     max_length: Optional[int] = typer.Option(None, "--max-length", min=8, help="Pair tokens (default: train-reranker's)."),
     learning_rate: float = typer.Option(1e-4, "--lr", help="Encoder learning rate (heads use 1e-3)."),

@@ -12,6 +12,7 @@ from typing import Any, Optional
 import typer
 
 from pipeline.cli._app import app, emit_json, info, print_table
+from pipeline.config import DEFAULT_DATA_DIR, DEFAULT_INDEX_DIR, DEFAULT_RETRIEVER_DIR
 
 index_app = typer.Typer(help="Update or inspect an existing index without a full rebuild.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
@@ -25,8 +26,6 @@ def _load_catalog(path: Path) -> Any:
 
 def _default_model(model: Optional[Path]) -> Optional[Path]:
     """--model, else the fine-tuned retriever if one exists at the default path, else bundled (None)."""
-    from pipeline.config import DEFAULT_RETRIEVER_DIR
-
     if model is not None:
         return model
     return DEFAULT_RETRIEVER_DIR if (DEFAULT_RETRIEVER_DIR / "manifest.json").is_file() else None
@@ -52,7 +51,7 @@ def train_retriever_cmd(
     engagement: Optional[Path] = typer.Option(None, "--engagement", help="Engagement file (instead of --data)."),
     queries: Optional[Path] = typer.Option(None, "--queries", help="Queries file with a split column."),
     qrels: Optional[Path] = typer.Option(None, "--qrels", help="Graded relevance labels (else derived from engagement)."),
-    out: Path = typer.Option(Path("models/retriever"), "--out", help="Output model directory."),
+    out: Path = typer.Option(DEFAULT_RETRIEVER_DIR, "--out", help="Output model directory."),
     base_model: Optional[Path] = typer.Option(None, "--base-model", help="Starting model folder (default: bundled MiniLM)."),
     epochs: int = typer.Option(2, help="Training epochs (validated after each; the best is kept)."),
     batch_size: int = typer.Option(32, help="Batch size (in-batch negatives grow with it)."),
@@ -63,7 +62,6 @@ def train_retriever_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Fine-tune the bi-encoder on engagement and print BM25 / zero-shot / fine-tuned on the test split."""
-    from pipeline.config import DEFAULT_DATA_DIR
     from pipeline.data import load_dataset
     from retrieval.train import train_retriever
 
@@ -90,7 +88,7 @@ def build_index_cmd(
     model: Optional[Path] = typer.Option(None, "--model", help="Model folder (default: models/retriever if present, else bundled)."),
     index_type: str = typer.Option("flat", "--index-type", help="flat | hnsw | ivfpq (presets for a FAISS factory string)."),
     factory: Optional[str] = typer.Option(None, "--factory", help="Any FAISS index_factory string (overrides --index-type)."),
-    out: Path = typer.Option(Path("indexes/default"), "--out", help="Output index directory."),
+    out: Path = typer.Option(DEFAULT_INDEX_DIR, "--out", help="Output index directory."),
     ef_search: Optional[int] = typer.Option(None, "--ef-search", help="HNSW efSearch."),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF nprobe."),
     json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
@@ -104,29 +102,15 @@ def build_index_cmd(
 ) -> None:
     """Encode a catalog and write a FAISS index (atomically) with ids and a manifest.
     With --engine ray the encoding runs on Ray actors; the index is built on this machine."""
-    from pipeline.config import DEFAULT_DATA_DIR
-    from retrieval.encoder import BiEncoder
+    from retrieval.encoders import load_encoder
     from retrieval.index import build_index
 
     if engine not in ("local", "ray") or (engine == "local" and (address is not None or workers is not None)):
         from pipeline.core.errors import ShoprankError
 
         raise ShoprankError("--engine must be 'local' or 'ray'; --address and --workers need --engine ray")
-    chosen = _default_model(model)
-    backend, precision = _encoding_backend(backend, precision, chosen)
-    catalog = catalog or DEFAULT_DATA_DIR / "catalog.parquet"
-    frame = _load_catalog(catalog)
-    if backend == "onnx":
-        from retrieval.encoder import verify_model_folder
-        from retrieval.onnx_encoder import OnnxBiEncoder
-
-        if chosen is None:
-            from pipeline.core.errors import ShoprankError
-
-            raise ShoprankError("--backend onnx needs a trained retriever (--model) exported with `pipeline export-onnx`")
-        encoder = OnnxBiEncoder.load(chosen, verify_model_folder(Path(chosen))[0], precision=precision)
-    else:
-        encoder = BiEncoder.load(chosen)
+    frame = _load_catalog(catalog or DEFAULT_DATA_DIR / "catalog.parquet")
+    encoder = load_encoder(_default_model(model), backend, precision)
     params = {k: v for k, v in {"efSearch": ef_search, "nprobe": nprobe}.items() if v is not None}
     info(f"encoding {len(frame)} products with {encoder.name} ({encoder.path})")
     if engine == "ray":
@@ -142,30 +126,10 @@ def build_index_cmd(
         print_table(_index_summary(manifest), title=f"index {out}")
 
 
-def _encoding_backend(backend: str, precision: str, model: Optional[Path]) -> tuple[str, str]:
-    """Resolve build-index's --backend/--precision (``auto``: ONNX int8 when the model is
-    exported, torch fp32 otherwise; the Ray engine's actors encode the same way), refusing
-    combinations that cannot run."""
-    from pipeline.config import BACKENDS, PRECISION_CHOICES
-    from pipeline.core.errors import ShoprankError
-    from pipeline.core.onnx import has_export
-
-    if backend not in BACKENDS or precision not in PRECISION_CHOICES:
-        raise ShoprankError(f"--backend must be one of {', '.join(BACKENDS)} and --precision one of "
-                            f"{', '.join(PRECISION_CHOICES)}")
-    if backend == "auto":
-        backend = "onnx" if model is not None and has_export(model) else "torch"
-    if precision == "auto":
-        precision = "int8" if backend == "onnx" else "fp32"
-    if backend == "torch" and precision != "fp32":
-        raise ShoprankError("--precision int8 needs --backend onnx")
-    return backend, precision
-
-
 @index_app.command("add")
 def index_add_cmd(
     catalog: Path = typer.Option(..., "--catalog", help="Products to add (same columns as the catalog)."),
-    index: Path = typer.Option(Path("indexes/default"), "--index", help="Index directory."),
+    index: Path = typer.Option(DEFAULT_INDEX_DIR, "--index", help="Index directory."),
     model: Optional[Path] = typer.Option(None, "--model", help="Model folder (default: the one recorded in the index)."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -174,9 +138,9 @@ def index_add_cmd(
 
     encoder = None
     if model is not None:
-        from retrieval.encoder import BiEncoder
+        from retrieval.encoders import load_encoder
 
-        encoder = BiEncoder.load(model)
+        encoder = load_encoder(model, backend="torch")
     manifest = add_products(index, _load_catalog(catalog), encoder, show_progress=not json_out)
     _show(manifest, json_out, index)
 
@@ -184,7 +148,7 @@ def index_add_cmd(
 @index_app.command("remove")
 def index_remove_cmd(
     product_ids: list[str] = typer.Argument(..., help="Product ids to remove."),
-    index: Path = typer.Option(Path("indexes/default"), "--index", help="Index directory."),
+    index: Path = typer.Option(DEFAULT_INDEX_DIR, "--index", help="Index directory."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Remove products: deleted where FAISS can, else tombstoned until the next rebuild/compact."""
@@ -196,7 +160,7 @@ def index_remove_cmd(
 
 @index_app.command("compact")
 def index_compact_cmd(
-    index: Path = typer.Option(Path("indexes/default"), "--index", help="Index directory."),
+    index: Path = typer.Option(DEFAULT_INDEX_DIR, "--index", help="Index directory."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Rebuild from the index's stored vectors, dropping tombstones (no re-encoding)."""
@@ -208,7 +172,7 @@ def index_compact_cmd(
 
 @index_app.command("info")
 def index_info_cmd(
-    index: Path = typer.Option(Path("indexes/default"), "--index", help="Index directory."),
+    index: Path = typer.Option(DEFAULT_INDEX_DIR, "--index", help="Index directory."),
     model: Optional[Path] = typer.Option(None, "--model", help="Also check that this query model matches the index."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -217,9 +181,9 @@ def index_info_cmd(
 
     encoder = None
     if model is not None:
-        from retrieval.encoder import BiEncoder
+        from retrieval.encoders import load_encoder
 
-        encoder = BiEncoder.load(model)
+        encoder = load_encoder(model, backend="torch")
     details = Retriever.load(index, encoder, load_encoder=False).info()
     if json_out:
         emit_json(details)

@@ -14,8 +14,8 @@ from typing import Any, Optional
 import typer
 
 from pipeline.cli._app import app, emit_json, info, print_table
-from pipeline.config import (DEFAULT_DATA_DIR, DEFAULT_INDEX_DIR, DEFAULT_PRECISION, DEFAULT_RERANKER_DIR,
-                             DEFAULT_RETRIEVER_DIR)
+from pipeline.config import (DEFAULT_CANDIDATES, DEFAULT_DATA_DIR, DEFAULT_INDEX_DIR, DEFAULT_PRECISION,
+                             DEFAULT_RERANKER_DIR, DEFAULT_RETRIEVER_DIR, DEFAULT_RUNS_DIR)
 from pipeline.core.errors import ShoprankError
 
 _INDEX = typer.Option(DEFAULT_INDEX_DIR, "--index", help="Index directory (built by build-index or the demo).")
@@ -23,6 +23,8 @@ _RERANKER = typer.Option(DEFAULT_RERANKER_DIR, "--reranker", help="Trained reran
 _CATALOG = typer.Option(None, "--catalog", help="Catalog file (default: data/sample/catalog.parquet).")
 _BACKEND = typer.Option("auto", "--backend", help="auto | onnx | torch. auto = ONNX Runtime (no torch import) "
                         "when `pipeline export-onnx` has exported both models, else PyTorch.")
+_CANDIDATES = typer.Option(DEFAULT_CANDIDATES, "--candidates", min=1,
+                           help="Retrieved candidates the reranker scores per query.")
 _PRECISION = typer.Option(DEFAULT_PRECISION, "--precision", help="auto | fp32 | int8 (reranker). auto = int8 on ONNX "
                           "(~2x faster, nDCG@10 within 0.005), fp32 on torch.")
 _LOG_INPUT = typer.Option(..., "--input", help="Query log (Parquet, CSV or JSONL) with a 'query' column; "
@@ -52,8 +54,7 @@ def _hit_rows(hits: list[dict[str, Any]], tasks: list[str]) -> tuple[list[dict[s
 def search(
     query: Optional[str] = typer.Argument(None, help="What the shopper typed."),
     k: int = typer.Option(10, "--k", min=1, help="Results to show."),
-    candidates: int = typer.Option(50, "--candidates", min=1, help="Retrieved candidates to rerank (50: the "
-                                   "latency/nDCG choice measured in benchmarks/search_speed.py)."),
+    candidates: int = _CANDIDATES,
     index_dir: Path = _INDEX,
     reranker: Path = _RERANKER,
     catalog: Optional[Path] = _CATALOG,
@@ -61,7 +62,6 @@ def search(
     weights: Optional[str] = typer.Option(None, "--weights", help="Fusion weights, e.g. click=0.1,add_to_cart=0.3,purchase=1."),
     backend: str = _BACKEND,
     precision: str = _PRECISION,
-    quantize: bool = typer.Option(False, "--int8", help="Shorthand for --precision int8."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Search the catalog: retrieve top candidates, rerank them, show the top k with click /
@@ -80,8 +80,7 @@ def search(
         if not queries:
             raise ShoprankError(f"{queries_file}: no queries in the file")
     result = run_search(queries, k=k, candidates=candidates, index_dir=index_dir, reranker=reranker,
-                        catalog=catalog, weights=_weights(weights), backend=backend, precision=precision,
-                        quantize=quantize)
+                        catalog=catalog, weights=_weights(weights), backend=backend, precision=precision)
     if json_out:
         emit_json(result)
         return
@@ -102,7 +101,7 @@ def score_logs(
     input_path: Path = _LOG_INPUT,
     output: Path = typer.Option(..., "--output", help="Scored Parquet file to write."),
     k: int = typer.Option(10, "--k", min=1, help="Products per query (queries-only logs)."),
-    candidates: int = typer.Option(100, "--candidates", min=1, help="Retrieved candidates to rerank per query."),
+    candidates: int = _CANDIDATES,
     batch_size: int = typer.Option(1024, "--batch-size", min=1, help="Input rows per part (resume granularity)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run (exactly-once)."),
     index_dir: Path = _INDEX,
@@ -171,7 +170,7 @@ def evaluate(
     reranker: Path = _RERANKER,
     systems: str = typer.Option("bm25,dense-zero-shot,dense-fine-tuned,two-stage,oracle-rerank", "--systems",
                                 help="Comma-separated systems to evaluate."),
-    candidates: int = typer.Option(100, "--candidates", min=1, help="Candidates the two-stage system reranks."),
+    candidates: int = _CANDIDATES,
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Write TREC run files + qrels here."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:

@@ -113,3 +113,11 @@ def write_trec_run(path, run: Run, system: str) -> None:
         ranked = sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))
         lines += [f"{qid} Q0 {doc} {rank} {score:.6f} {system}" for rank, (doc, score) in enumerate(ranked, 1)]
     atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
+
+
+def write_trec_qrels(path, qrels: Qrels) -> None:
+    """Write a TREC qrels file (``qid 0 docid grade``), the partner of the run files."""
+    from pipeline.core.artifacts import atomic_write_text
+
+    lines = [f"{qid} 0 {doc} {grade}" for qid, docs in qrels.items() for doc, grade in sorted(docs.items())]
+    atomic_write_text(path, "\n".join(lines) + "\n")

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import DEFAULT_CANDIDATES
 from pipeline.core.errors import ShoprankError
 from pipeline.core.tasks import TASKS
 from pipeline.scoring.contract import EngineResult, ScoringJob, detect_mode
@@ -64,7 +65,7 @@ def _check_engine_options(engine: str, *, searcher: Scorer | None, resume: bool,
 def score_logs(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], *,
                engine: str = "local", searcher: Scorer | None = None,
                index_dir: str | os.PathLike[str] | None = None, reranker: str | os.PathLike[str] | None = None,
-               catalog: str | os.PathLike[str] | None = None, k: int = 10, candidates: int = 100,
+               catalog: str | os.PathLike[str] | None = None, k: int = 10, candidates: int = DEFAULT_CANDIDATES,
                batch_size: int = 1024, resume: bool = False, cache_size: int = 50_000,
                show_progress: bool = True, backend: str = "auto", precision: str | None = None,
                address: str | None = None, workers: int | None = None, cpus_per_worker: float = 1.0,

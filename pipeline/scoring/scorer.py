@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
+from pipeline.config import DEFAULT_CANDIDATES
 from pipeline.core.cache import LRUCache
 from pipeline.scoring.contract import output_schema
 
@@ -27,7 +28,7 @@ class Scorer(Protocol):
     tasks: tuple[str, ...]
 
     def manifest_ids(self) -> dict[str, str]: ...
-    def search_many(self, queries: Sequence[str], k: int = 10, candidates: int = 100) -> list[list[Any]]: ...
+    def search_many(self, queries: Sequence[str], k: int = 10, candidates: int = DEFAULT_CANDIDATES) -> list[list[Any]]: ...
     def score_pairs(self, query: str, product_ids: Sequence[str]) -> list[Any]: ...
     def has_product(self, product_id: str) -> bool: ...
 

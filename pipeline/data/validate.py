@@ -1,20 +1,15 @@
-"""Data contracts and loaders: catalog, engagement, query log, qrels.
+"""Loaders that check the data contracts: catalog, engagement, query log, qrels, datasets.
 
-Every loader returns a pandas DataFrame with the canonical columns below (string ids,
-int64 counts/grades, float64 price), whatever the input format (Parquet, CSV, TSV, JSONL)
-or column names (a schema mapping renames them, see :mod:`pipeline.schema`). Bad input
-raises a one-line :class:`DataError` naming the file, the column and the row (rows are
-counted from 1 = first data record, after any header), because a message that says
-*where* is what lets someone fix a million-row file.
-
-Stages may import this module (a leaf: it imports nothing from retrieval/ or rerank/).
+Every loader returns a pandas DataFrame with the canonical columns of
+:mod:`pipeline.data.contracts` (string ids, int64 counts/grades, float64 price), whatever the
+input format or column names (a mapping renames them, see :mod:`pipeline.data.mapping`). Bad
+input raises a one-line :class:`DataError` naming the file, the column and the row (rows are
+counted from 1 = first data record, after any header), because a message that says *where*
+is what lets someone fix a million-row file.
 """
 from __future__ import annotations
 
-import io
-import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,167 +18,15 @@ import pandas as pd
 
 from pipeline.core.errors import DataError
 from pipeline.core.tasks import EVENTS, FUNNEL
-from pipeline.core.text import PRODUCT_TEXT_FIELDS, join_product_fields
-from pipeline.schema import Mapping, SectionMapping, load_mapping
+from pipeline.data.contracts import ENGAGEMENT_COLUMNS, QRELS_COLUMNS, SPLITS, Dataset, vocabulary_mismatch_queries
+from pipeline.data.io import find_data_file, read_table
+from pipeline.data.mapping import Mapping, SectionMapping, load_mapping
 
-CATALOG_COLUMNS = ["product_id", "title", "description", "brand", "category", "attributes", "price"]
-ENGAGEMENT_COLUMNS = ["query", "product_id", *FUNNEL]
-QUERY_COLUMNS = ["query_id", "query", "split"]
-QRELS_COLUMNS = ["query", "product_id", "relevance"]
-SPLITS = ("train", "valid", "test", "unseen")   # unseen: held-out types or categories, never trained on
-FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv",
-           ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
-
-
-@dataclass
-class Dataset:
-    """Everything a training or evaluation command reads, already validated.
-
-    ``report`` records what loading did (rows read, unknown product ids skipped, event
-    rows aggregated) so `pipeline validate` can show it.
-    """
-
-    catalog: pd.DataFrame
-    engagement: pd.DataFrame | None = None
-    queries: pd.DataFrame | None = None
-    qrels: pd.DataFrame | None = None
-    report: dict[str, Any] = field(default_factory=dict)
-
-    def split_queries(self, split: str) -> list[str]:
-        """Query texts of one split (train / valid / test)."""
-        if self.queries is None:
-            raise DataError("no queries file loaded: cannot select a split")
-        return self.queries.loc[self.queries["split"] == split, "query"].tolist()
-
-
-def product_text_fields(catalog: pd.DataFrame) -> dict[str, list[str]]:
-    """The catalog columns the product text is made of (:data:`PRODUCT_TEXT_FIELDS`), as
-    strings with missing values and missing columns as ``""``."""
-    parts = catalog.reindex(columns=list(PRODUCT_TEXT_FIELDS)).fillna("").astype(str)
-    return {field: parts[field].tolist() for field in PRODUCT_TEXT_FIELDS}
-
-
-def product_text(catalog: pd.DataFrame) -> list[str]:
-    """The ONE product text template shared by the bi-encoder and the cross-encoder
-    (:func:`pipeline.core.text.join_product_fields`: title | brand | category | attributes)."""
-    return [join_product_fields(row) for row in zip(*product_text_fields(catalog).values())]
-
-
-def qrels_dict(qrels: pd.DataFrame) -> dict[str, dict[str, int]]:
-    """``{query: {product_id: grade}}`` — the shape :mod:`pipeline.core.metrics` expects."""
-    out: dict[str, dict[str, int]] = {}
-    for q, p, g in zip(qrels["query"].astype(str), qrels["product_id"].astype(str),
-                       qrels["relevance"].astype("int64")):
-        out.setdefault(q, {})[p] = int(g)
-    return out
-
-
-def vocabulary_mismatch_queries(queries: pd.DataFrame, qrels: pd.DataFrame, catalog: pd.DataFrame,
-                                min_relevance: int = 2) -> set[str]:
-    """Query texts sharing no content word with ANY of their relevant products' text.
-
-    Content words: lower-cased alphanumeric tokens minus stop words
-    (:func:`pipeline.core.text.content_words`); product text: :func:`product_text`. Queries
-    without a relevant (grade >= ``min_relevance``) product are not counted either way.
-    These are the queries on which lexical matching cannot work.
-    """
-    from pipeline.core.text import content_words
-
-    words = dict(zip(catalog["product_id"].astype(str), (content_words(t) for t in product_text(catalog))))
-    rel = qrels[qrels["relevance"].astype("int64") >= min_relevance]
-    vocab: dict[str, set[str]] = {}
-    for q, p in zip(rel["query"].astype(str), rel["product_id"].astype(str)):
-        w = words.get(p)
-        if w is not None:
-            vocab.setdefault(q, set()).update(w)
-    out: set[str] = set()
-    for q in dict.fromkeys(queries["query"].astype(str)):
-        if q in vocab and not (content_words(q) & vocab[q]):
-            out.add(q)
-    return out
-
-
-# ----------------------------------------------------------------------------- reading
 def warn(message: str) -> None:
     """Data warnings go to stderr (one line) so stdout stays clean for --json."""
     sys.stderr.write(f"warning: {message}\n")
 
 
-def _utf8_error(path: Path, raw: bytes, exc: UnicodeDecodeError, sep: str | None) -> DataError:
-    """Name line (and column, for delimited text) of the first byte that is not UTF-8."""
-    line_start = raw.rfind(b"\n", 0, exc.start) + 1
-    line_no = raw.count(b"\n", 0, exc.start) + 1
-    where = f"line {line_no}"
-    if sep is not None:
-        header = raw[: raw.find(b"\n")].decode("utf-8", errors="replace").rstrip("\r").split(sep)
-        col = raw[line_start:exc.start].decode("utf-8", errors="replace").count(sep)
-        row = line_no - 1
-        name = header[col] if col < len(header) else f"#{col + 1}"
-        where = f"column {name!r}, row {row}"
-    return DataError(f"{path}: {where}: not valid UTF-8 text (byte 0x{raw[exc.start]:02x})")
-
-
-def read_table(path: str | Path, fmt: str | None = None) -> pd.DataFrame:
-    """Read one file into a DataFrame of strings/values, with one-line errors.
-
-    Delimited text and JSONL are decoded strictly as UTF-8 first (so a bad byte is reported
-    with its line), then parsed with every field as a string; typing happens in validation.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, expected a data file")
-    kind = fmt or FORMATS.get(path.suffix.lower())
-    if kind is None:
-        raise DataError(f"{path}: unknown file type {path.suffix!r} (use .parquet, .csv, .tsv or .jsonl)")
-    if kind == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        try:
-            return pq.read_table(path).to_pandas()
-        except (pa.ArrowException, OSError, ValueError) as exc:
-            text = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-            detail = text.split(". ")[0].split(": ")[-1][:120]
-            raise DataError(f"{path}: unreadable or truncated Parquet file ({detail})") from None
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
-    sep = {"csv": ",", "tsv": "\t"}.get(kind)
-    try:
-        text = raw.decode("utf-8-sig") if raw.startswith(b"\xef\xbb\xbf") else raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise _utf8_error(path, raw, exc, sep) from None
-    if not text.strip():
-        raise DataError(f"{path}: empty file")
-    if kind == "jsonl":
-        return _read_jsonl(path, text)
-    try:
-        return pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_filter=False,
-                           engine="c")
-    except (pd.errors.ParserError, ValueError) as exc:
-        detail = str(exc).strip().splitlines()[-1][:160]
-        raise DataError(f"{path}: unreadable or truncated {kind.upper()} file ({detail})") from None
-
-
-def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
-    records = []
-    for line_no, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: line {line_no}: invalid JSON ({exc.msg}; truncated file?)") from None
-        if not isinstance(rec, dict):
-            raise DataError(f"{path}: line {line_no}: expected a JSON object per line")
-        records.append(rec)
-    return pd.DataFrame.from_records(records)
-
-
-# ----------------------------------------------------------------------------- validation
 def _require(frame: pd.DataFrame, columns: list[str], path: Path, section: SectionMapping) -> None:
     for col in columns:
         if col not in frame.columns:
@@ -412,36 +255,6 @@ def load_qrels(source: str | Path | pd.DataFrame, mapping: Mapping | str | Path 
     return out.reset_index(drop=True)
 
 
-def load_position_log(path: str | Path) -> pd.DataFrame:
-    """A per-position impression log (query, product_id, position, impressions, clicks) with
-    its count columns numeric; validation of the values is the estimator's job."""
-    frame = read_table(path)
-    for col in ("position", "impressions", "clicks"):
-        if col in frame.columns:
-            frame[col] = pd.to_numeric(frame[col], errors="coerce")
-    return frame
-
-
-def write_parquet(frame: pd.DataFrame, path: str | Path) -> None:
-    """Deterministic Parquet: no index and no pandas metadata, so the same frame always
-    gives the same bytes (the sample world's reproducibility contract)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
-    pq.write_table(table, path, compression="zstd", write_statistics=True)
-
-
-# ----------------------------------------------------------------------------- dataset
-def _find(base: Path | None, name: str) -> Path | None:
-    if base is None:
-        return None
-    for suffix in (".parquet", ".csv", ".tsv", ".jsonl"):
-        if (base / f"{name}{suffix}").exists():
-            return base / f"{name}{suffix}"
-    return None
-
-
 def load_dataset(data_dir: str | Path | None = None, *, catalog: str | Path | None = None,
                  engagement: str | Path | None = None, queries: str | Path | None = None,
                  qrels: str | Path | None = None, mapping: Mapping | str | Path | dict | None = None) -> Dataset:
@@ -455,7 +268,7 @@ def load_dataset(data_dir: str | Path | None = None, *, catalog: str | Path | No
     if base is not None and not base.is_dir():
         raise DataError(f"{base}: data directory not found")
     schema = load_mapping(mapping)
-    paths = {name: (Path(explicit) if explicit else _find(base, name))
+    paths = {name: (Path(explicit) if explicit else find_data_file(base, name))
              for name, explicit in (("catalog", catalog), ("engagement", engagement),
                                     ("queries", queries), ("qrels", qrels))}
     if paths["catalog"] is None:
@@ -505,7 +318,7 @@ def dataset_stats(ds: Dataset) -> dict[str, Any]:
     return stats
 
 
-def validate(data_dir: str | Path | None = None, **files: Any) -> dict[str, Any]:
+def validate_dataset(data_dir: str | Path | None = None, **files: Any) -> dict[str, Any]:
     """`pipeline validate`: load (raising on the first contract violation) and summarise."""
     ds = load_dataset(data_dir, **files)
     return {"files": ds.report.get("files", {}), **dataset_stats(ds)}

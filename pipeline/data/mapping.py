@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.errors import DataError
+from pipeline.core.tasks import EVENTS
 
 LABEL_PRESETS: dict[str, dict[str, int]] = {
     # Amazon ESCI: Exact / Substitute / Complement / Irrelevant
@@ -142,8 +143,6 @@ def _section(name: str, raw: Any, where: str) -> SectionMapping:
     if isinstance(attributes, str):
         attributes = [attributes]
     events = raw.get("events", {})
-    from pipeline.core.tasks import EVENTS
-
     bad = [v for v in events.values() if v not in EVENTS]
     if bad:
         raise DataError(f"{where}: [{name}.events] unknown event {bad[0]!r} (expected {', '.join(EVENTS)})")
