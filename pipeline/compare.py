@@ -47,6 +47,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "mmoe_funnel_listwise": {"objective": "listwise"},
     "mmoe_funnel_ipw": {"debias": "ipw"},
     "mmoe_funnel_minilm": {"init": "minilm"},
+    "mmoe_funnel_prior": {"prior_weight": 1.0},
 }
 #: The default reranker (what `train-reranker` and the demo build) is this row.
 DEFAULT_VARIANT = "mmoe_funnel"
