@@ -78,8 +78,8 @@ def _retriever(dataset: Dataset, work: Path, index_dir: Path | None, retriever_d
     if retriever_dir is None:
         retriever_dir = work / "retriever"
         rep = train_retriever(dataset, retriever_dir, epochs=1, max_steps=retriever_steps, seed=seed,
-                              compare=False, show_progress=progress)
-        info["retriever_trained"] = {k: rep[k] for k in ("seconds", "validation") if k in rep}
+                              show_progress=progress)
+        info["retriever_trained"] = {k: rep[k] for k in ("seconds", "valid_history", "zero_shot_valid") if k in rep}
     info["retriever"] = str(retriever_dir)
     encoder = BiEncoder.load(retriever_dir)
     build_index(dataset.catalog, encoder, work / "index", "flat", show_progress=progress)

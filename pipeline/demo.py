@@ -146,7 +146,7 @@ def run_demo(workdir: str | os.PathLike[str] = ".", *, quick: bool = False, seed
         dataset = load_dataset(data_dir)
     with _timed(timings, "train retriever"):
         retriever_report = train_retriever(dataset, retriever_dir, epochs=budget.retriever_epochs,
-                                           max_rows=budget.retriever_max_rows, seed=seed, compare=False,
+                                           max_rows=budget.retriever_max_rows, seed=seed,
                                            show_progress=progress)
     with _timed(timings, "export retriever (onnx)"):
         export_onnx(retriever_dir, None)

@@ -1,5 +1,5 @@
-"""Stage-1 evaluation: exact dense search for a model, the per-epoch validation evaluator,
-and the BM25 / zero-shot / fine-tuned comparison table.
+"""Stage-1 validation: exact dense search for a model and the per-epoch validation evaluator.
+The test-split tables (BM25 / zero-shot / fine-tuned, two-stage) are ``pipeline evaluate``'s.
 
 Models are compared with *exact* (brute-force) search so that the numbers measure the
 embeddings, not an approximate index; index quality is measured separately
@@ -19,7 +19,6 @@ import_torch()  # torch before anything that may pull faiss (one import order)
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator  # noqa: E402
 
 if TYPE_CHECKING:  # pragma: no cover
-
     from pipeline.data import Dataset
 
 MEASURES = ("Recall@100", "nDCG@10")
@@ -92,11 +91,6 @@ class RetrievalEvaluator(BaseEvaluator):
         self.primary_metric = "score"
         self.greater_is_better = True
         self.history: list[dict[str, Any]] = []
-        self._vectors: dict[float, np.ndarray] = {}
-
-    def vectors_for(self, epoch: float) -> np.ndarray | None:
-        """Catalog vectors computed when evaluating ``epoch`` (reused for the test table)."""
-        return self._vectors.get(float(epoch))
 
     def evaluate_model(self, model: Any, product_vecs: np.ndarray | None = None, epoch: float | None = None,
                        ) -> dict[str, float]:
@@ -106,8 +100,6 @@ class RetrievalEvaluator(BaseEvaluator):
                                 convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
         if product_vecs is None:
             product_vecs = enc(self.product_texts)
-        if epoch is not None:
-            self._vectors[float(epoch)] = product_vecs
         search = dense_search_fn(enc, product_vecs, self.product_ids)
         res = score_system(search, self.queries, self.qrels)
         return {"recall@100": res["Recall@100"], "ndcg@10": res["nDCG@10"],
@@ -118,21 +110,3 @@ class RetrievalEvaluator(BaseEvaluator):
         metrics = self.evaluate_model(model, epoch=epoch)
         self.history.append({"epoch": float(epoch), "step": int(steps), **metrics})
         return self.prefix_name_to_metrics(metrics, self.name)
-
-
-def comparison_rows(table: Mapping[str, Mapping[str, float]], subset: str = "mismatch") -> list[dict[str, Any]]:
-    """Flatten {system: metrics} into the acceptance table's rows."""
-    rows = []
-    for system, m in table.items():
-        rows.append({"system": system, "Recall@100": m.get("Recall@100"), "nDCG@10": m.get("nDCG@10"),
-                     f"{subset} Recall@100": m.get(f"{subset} Recall@100"),
-                     f"{subset} nDCG@10": m.get(f"{subset} nDCG@10"),
-                     "queries": int(m.get("queries", 0)), f"{subset} queries": int(m.get(f"{subset} queries", 0))})
-    return rows
-
-
-def mismatch_queries(dataset: "Dataset", queries: Sequence[str]) -> set[str]:
-    """Vocabulary-mismatch subset of ``queries`` (definition owned by pipeline.data)."""
-    from pipeline.data import vocabulary_mismatch_queries
-
-    return set(vocabulary_mismatch_queries(dataset.queries, dataset.qrels, dataset.catalog)) & set(queries)

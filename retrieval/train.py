@@ -125,9 +125,10 @@ def build_training_rows(dataset: "Dataset", encoder: "BiEncoder", *, hard_negati
 def train_retriever(dataset: "Dataset", out_dir: str | os.PathLike[str], *, base_model: str | os.PathLike[str] | None = None,
                     epochs: int = 2, batch_size: int = 32, learning_rate: float = 5e-5, max_seq_length: int = 64,
                     hard_negatives: bool = True, max_rows: int | None = 1536, max_steps: int = -1,
-                    seed: int = DEFAULT_SEED, compare: bool = True, show_progress: bool = True) -> dict[str, Any]:
+                    seed: int = DEFAULT_SEED, show_progress: bool = True) -> dict[str, Any]:
     """Fine-tune a bi-encoder on engagement and save it to ``out_dir``; returns a report with
-    per-epoch validation metrics and (``compare=True``) the test-split comparison table."""
+    per-epoch validation metrics. Test-split numbers are ``pipeline evaluate``'s job alone,
+    so training never looks at (or reports) the split models are finally judged on."""
     from pipeline.data import product_text
     from retrieval.encoder import BiEncoder
     from retrieval.evaluation import RetrievalEvaluator, qrels_for
@@ -202,38 +203,5 @@ def train_retriever(dataset: "Dataset", out_dir: str | os.PathLike[str], *, base
         "epochs": epochs, "valid_history": history, "best_epoch": manifest["best_epoch"],
         "zero_shot_valid": zero_shot_valid, "train_seconds": round(time.perf_counter() - started, 1),
     }
-    if compare:
-        tuned_vecs = evaluator.vectors_for(best["epoch"]) if best else None
-        report["test"] = compare_on_test(dataset, {"zero-shot MiniLM": base_model, "fine-tuned": str(target)},
-                                         product_vecs={"zero-shot MiniLM": base_vecs, "fine-tuned": tuned_vecs})
     report["seconds"] = round(time.perf_counter() - started, 1)
     return report
-
-
-def compare_on_test(dataset: "Dataset", models: dict[str, str | os.PathLike[str] | None],
-                    split: str = "test", product_vecs: dict[str, np.ndarray | None] | None = None,
-                    ) -> dict[str, dict[str, float]]:
-    """The acceptance table: BM25 and each named model on ``split``, overall and on the
-    vocabulary-mismatch queries, with exact search over the whole catalog.
-
-    ``product_vecs[name]`` (catalog order, from that exact model) skips re-encoding."""
-    from pipeline.data import product_text
-    from retrieval.encoder import BiEncoder
-    from retrieval.evaluation import dense_search_fn, mismatch_queries, qrels_for, score_system
-    from retrieval.lexical import BM25Retriever
-
-    queries = dataset.split_queries(split)
-    qrels = qrels_for(dataset, queries)
-    subsets = {"mismatch": mismatch_queries(dataset, queries)}
-    catalog = dataset.catalog
-    ids = catalog["product_id"].astype(str).tolist()
-    table = {"BM25": score_system(BM25Retriever(catalog).search, queries, qrels, subsets)}
-    texts = product_text(catalog)
-    for name, path in models.items():
-        enc = BiEncoder.load(path)
-        vecs = (product_vecs or {}).get(name)
-        if vecs is None:
-            vecs = enc.encode_products(texts, show_progress=False)
-        search = dense_search_fn(enc.encode_queries, vecs, ids)
-        table[name] = score_system(search, queries, qrels, subsets)
-    return table

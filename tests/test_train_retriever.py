@@ -47,8 +47,8 @@ def test_tiny_training_run_saves_a_plain_sentence_transformer(tiny_data_dir: Pat
     assert len(report["valid_history"]) == 1
     for key in ("recall@100", "ndcg@10"):
         assert 0.0 <= report["valid_history"][0][key] <= 1.0
-    assert set(report["test"]) == {"BM25", "zero-shot MiniLM", "fine-tuned"}
-    assert all(0.0 <= row["Recall@100"] <= 1.0 for row in report["test"].values())
+    assert "test" not in report  # test numbers are pipeline evaluate's alone
+    assert 0.0 <= report["zero_shot_valid"]["ndcg@10"] <= 1.0
 
     from sentence_transformers import SentenceTransformer
 

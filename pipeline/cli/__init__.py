@@ -12,14 +12,7 @@ from pipeline.cli._app import app
 from pipeline.core.errors import ShoprankError
 
 # Command modules: importing them registers their commands. Keep them import-light.
-from pipeline.cli import config_cmd, data_cmd  # noqa: E402,F401
-
-for _optional in ("retrieval_cmd", "rerank_cmd", "search_cmd"):
-    try:
-        __import__(f"pipeline.cli.{_optional}")
-    except ModuleNotFoundError as _exc:  # not written yet in this checkout
-        if _exc.name != f"pipeline.cli.{_optional}":
-            raise
+from pipeline.cli import config_cmd, data_cmd, rerank_cmd, retrieval_cmd, search_cmd  # noqa: E402,F401
 
 __all__ = ["app", "main"]
 
