@@ -156,7 +156,7 @@ def run_demo(workdir: str | os.PathLike[str] = ".", *, quick: bool = False, seed
         # torch fp32 speed at the same Recall@100 (benchmarks/encoding_quality.py).
         encoder = BiEncoder.load(retriever_dir)
         build_index(dataset.catalog, OnnxBiEncoder.load(retriever_dir, encoder.model_id, precision="int8"), index_dir,
-                    index_type="flat", show_progress=progress)
+                    index_type="flat", show_progress=progress, catalog_path=dataset.report["files"]["catalog"])
         retriever = Retriever.load(index_dir, encoder=encoder)
     with _timed(timings, "train reranker"):
         # trained on the retriever's candidates; the blend with the retrieval score is then

@@ -223,12 +223,14 @@ def _build_rankers(ds: Any, systems: Sequence[str], scratch: Path, index_dir: An
         details["dense-zero-shot-model"] = str(zero.encoder.model_id)
         rankers["dense-zero-shot"] = lambda qs: zero.search(qs, k=depth)
     if {"dense-fine-tuned", "two-stage", "oracle-rerank"} & set(systems):
-        from pipeline.search import TwoStageSearcher
+        from pipeline.search import CatalogText, TwoStageSearcher
         from retrieval.index import Retriever
 
         # Always rank the dataset's own catalog (never a default path on disk).
         model = _load_reranker(reranker) if "two-stage" in systems else None
-        searcher = TwoStageSearcher(Retriever.load(index_dir), model, ds.catalog)
+        catalog_file = (getattr(ds, "report", None) or {}).get("files", {}).get("catalog")
+        catalog = CatalogText.from_frame(ds.catalog, f"catalog {catalog_file}" if catalog_file else "the catalog")
+        searcher = TwoStageSearcher(Retriever.load(index_dir), model, catalog)
         details["dense-fine-tuned-model"] = str(searcher.retriever.encoder.model_id)
         if "dense-fine-tuned" in systems:
             rankers["dense-fine-tuned"] = lambda qs: searcher.retriever.search(qs, k=depth)

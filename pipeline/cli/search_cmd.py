@@ -20,6 +20,9 @@ from pipeline.core.errors import ShoprankError
 
 _INDEX = typer.Option(DEFAULT_INDEX_DIR, "--index", help="Index directory (built by build-index or the demo).")
 _RERANKER = typer.Option(DEFAULT_RERANKER_DIR, "--reranker", help="Trained reranker directory.")
+#: search / score-logs: unset means "models/reranker if there is one"; a path given is required.
+_RERANKER_OR_DEFAULT = typer.Option(None, "--reranker", help="Trained reranker directory (default: models/reranker; "
+                                    "without one there, retrieval order with a note).")
 _CATALOG = typer.Option(None, "--catalog", help="Catalog file (default: data/sample/catalog.parquet).")
 _BACKEND = typer.Option("auto", "--backend", help="auto | onnx | torch. auto = ONNX Runtime (no torch import) "
                         "when `pipeline export-onnx` has exported both models, else PyTorch.")
@@ -51,7 +54,7 @@ def search(
     candidates: int = typer.Option(50, "--candidates", min=1, help="Retrieved candidates to rerank (50: the "
                                    "latency/nDCG choice measured in benchmarks/search_speed.py)."),
     index_dir: Path = _INDEX,
-    reranker: Path = _RERANKER,
+    reranker: Optional[Path] = _RERANKER_OR_DEFAULT,
     catalog: Optional[Path] = _CATALOG,
     queries_file: Optional[Path] = typer.Option(None, "--queries-file", help="Text file, one query per line."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Fusion weights, e.g. click=0.1,add_to_cart=0.3,purchase=1."),
@@ -75,7 +78,8 @@ def search(
         queries += [line for line in lines if line.strip()]
         if not queries:
             raise ShoprankError(f"{queries_file}: no queries in the file")
-    result = run_search(queries, k=k, candidates=candidates, index_dir=index_dir, reranker=reranker,
+    result = run_search(queries, k=k, candidates=candidates, index_dir=index_dir,
+                        reranker=reranker or DEFAULT_RERANKER_DIR, reranker_required=reranker is not None,
                         catalog=catalog, weights=_weights(weights), backend=backend, precision=precision,
                         quantize=quantize)
     if json_out:
@@ -103,7 +107,7 @@ def score_logs(
     batch_size: int = typer.Option(1024, "--batch-size", min=1, help="Input rows per part (resume granularity)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run (exactly-once)."),
     index_dir: Path = _INDEX,
-    reranker: Path = _RERANKER,
+    reranker: Optional[Path] = _RERANKER_OR_DEFAULT,
     catalog: Optional[Path] = _CATALOG,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
@@ -126,7 +130,8 @@ def score_logs(
             raise ShoprankError("--resume is for the local engine; the Ray engine retries failed batches itself")
         from pipeline.distributed import score_logs_ray
 
-        report = score_logs_ray(input_path, output, index_dir=index_dir, reranker=reranker, catalog=catalog, k=k,
+        report = score_logs_ray(input_path, output, index_dir=index_dir, reranker=reranker or DEFAULT_RERANKER_DIR,
+                                catalog=catalog, k=k,
                                 candidates=candidates, batch_size=batch_size, address=address, workers=workers,
                                 show_progress=progress)
     elif address is not None or workers is not None:
@@ -134,9 +139,10 @@ def score_logs(
     else:
         from pipeline.batch import score_logs as run
 
-        report = run(input_path, output, index_dir=index_dir, reranker=reranker, catalog=catalog, k=k,
-                     candidates=candidates, batch_size=batch_size, resume=resume, show_progress=progress,
-                     backend=backend, precision=precision)
+        report = run(input_path, output, index_dir=index_dir, reranker=reranker or DEFAULT_RERANKER_DIR,
+                     reranker_required=reranker is not None, catalog=catalog, k=k, candidates=candidates,
+                     batch_size=batch_size, resume=resume, show_progress=progress, backend=backend,
+                     precision=precision)
     for reason, count in report["skipped"].items():
         info(f"note: skipped {count} row(s) with {reason} (first: row {report['first_skipped_row'][reason]})")
     if json_out:
