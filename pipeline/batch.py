@@ -30,7 +30,6 @@ import os
 import shutil
 import sys
 import time
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.core.artifacts import claim_output, temp_sibling
 from pipeline.core.errors import DataError, ShoprankError
 from pipeline.core.cache import LRUCache
 
@@ -100,6 +100,43 @@ def _open_input(path: Path, batch_size: int) -> _Input:
         raise DataError(f"{path}: not a readable {kind} file ({first})") from None
 
 
+#: The query log's text columns: decoded as UTF-8 (or refused) before anything reads them.
+TEXT_COLUMNS = ("query", "query_id", "product_id")
+
+
+def _as_text(batch: pa.RecordBatch, path: Path, first_row: int) -> pa.RecordBatch:
+    """The batch with its text columns as valid UTF-8 strings, or a one-line DataError naming
+    the column and row (1 = first record).
+
+    Why here: Parquet may store text as binary (which would otherwise be searched as the
+    literal ``b'sofa'``) and the JSON reader does not check UTF-8 (which would otherwise
+    fail deep inside scoring, after the parts folder exists).
+    """
+    columns = list(batch.columns)
+    for i, name in enumerate(batch.schema.names):
+        if name not in TEXT_COLUMNS:
+            continue
+        array = columns[i]
+        is_binary = pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type)
+        if not (is_binary or pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+            continue
+        raw = array.cast(pa.binary()) if not is_binary else array
+        try:
+            text = raw.cast(pa.string())
+            text.validate(full=True)
+        except pa.ArrowInvalid:
+            for offset, value in enumerate(raw.to_pylist()):
+                try:
+                    (value or b"").decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataError(f"{path}: column {name!r}, row {first_row + offset + 1}: not valid UTF-8 "
+                                    f"text (byte 0x{value[exc.start]:02x})") from None
+            raise
+        columns[i] = text
+    return pa.RecordBatch.from_arrays(columns, schema=pa.schema(
+        [pa.field(n, c.type) for n, c in zip(batch.schema.names, columns)]))
+
+
 def _rebatch(batches: Iterator[pa.RecordBatch], size: int, path: Path) -> Iterator[pa.Table]:
     """Re-cut a batch stream into tables of exactly ``size`` rows (the last may be shorter).
 
@@ -107,9 +144,11 @@ def _rebatch(batches: Iterator[pa.RecordBatch], size: int, path: Path) -> Iterat
     reader's own batching; that is what makes resume exactly-once.
     """
     pending: list[pa.RecordBatch] = []
-    count = 0
+    count = seen = 0
     try:
         for batch in batches:
+            batch = _as_text(batch, path, seen)
+            seen += batch.num_rows
             while batch.num_rows:
                 take = min(size - count, batch.num_rows)
                 pending.append(batch.slice(0, take))
@@ -154,7 +193,7 @@ def check_output(output: Path) -> None:
     if not parent.is_dir():
         raise ShoprankError(f"{parent}: output directory does not exist")
     # A real probe, not os.access: root passes permission checks on a read-only mount.
-    probe = parent / f".{output.name}.probe-{uuid.uuid4().hex[:8]}"
+    probe = temp_sibling(output, "probe")
     try:
         probe.touch()
         probe.unlink()
@@ -172,7 +211,7 @@ def _part_path(parts: Path, index: int) -> Path:
 
 def _write_atomic_table(table: pa.Table, path: Path) -> None:
     """Write one Parquet file via temp name + rename, so a part is either whole or absent."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = temp_sibling(path)
     try:
         pq.write_table(table, tmp)
         os.replace(tmp, path)
@@ -307,6 +346,8 @@ def _prepare_parts(parts: Path, state: dict[str, Any], resume: bool) -> set[int]
                         f"{parts}: cannot resume, the {key} changed since the interrupted run "
                         f"(was {old.get(key)}, now {state[key]}); rerun without --resume"
                     )
+            for leftover in parts.glob(".*.tmp-*"):  # a killed run's half-written part (we hold the lock)
+                leftover.unlink()
             return {int(p.stem.split("-")[1]) for p in parts.glob("part-*.parquet")}
     if parts.is_dir():
         if not resume:
@@ -326,7 +367,7 @@ def _commit(parts: Path, n_batches: int, output: Path, schema: pa.Schema) -> int
     missing = [i for i in range(n_batches) if not _part_path(parts, i).is_file()]
     if missing:  # pragma: no cover - only if someone deletes parts during a run
         raise ShoprankError(f"{parts}: part {missing[0]} is missing; rerun without --resume")
-    tmp = output.with_name(f".{output.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = temp_sibling(output)
     rows = 0
     try:
         with pq.ParquetWriter(tmp, schema) as writer:
@@ -362,7 +403,7 @@ def score_logs(input_path: str | os.PathLike[str], output_path: str | os.PathLik
                reranker: str | os.PathLike[str] | None = None, catalog: str | os.PathLike[str] | None = None,
                k: int = 10, candidates: int = 100, batch_size: int = 1024, resume: bool = False,
                cache_size: int = 50_000, show_progress: bool = True, backend: str = "auto",
-               precision: str | None = None) -> dict[str, Any]:
+               precision: str | None = None, reranker_required: bool | None = None) -> dict[str, Any]:
     """Score a query log into a Parquet file; returns a report (rows, time, throughput, models).
 
     Mode is chosen by the input's columns: with ``product_id`` each (query, product) pair
@@ -370,13 +411,31 @@ def score_logs(input_path: str | os.PathLike[str], output_path: str | os.PathLik
     ("queries"). Rows with an empty query (or, in pairs mode, an unknown product) produce
     no output and are counted in ``report["skipped"]``. ``backend``/``precision`` choose the
     inference path as in :meth:`pipeline.search.TwoStageSearcher.load`.
-    """
-    from pipeline import config
 
+    The output is claimed for the whole run (:func:`pipeline.core.artifacts.claim_output`):
+    a second job writing the same file is refused before it touches the first one's parts.
+    """
     input_path, output = Path(input_path), Path(output_path)
     if k < 1 or candidates < 1 or batch_size < 1:
         raise ShoprankError(f"k, candidates and batch size must be >= 1 (got {k}, {candidates}, {batch_size})")
+    if input_path.exists() and (output.resolve() == input_path.resolve()
+                                or (output.exists() and os.path.samefile(input_path, output))):
+        raise ShoprankError(f"{output}: the output is the input log itself; write the scores to another file")
     check_output(output)
+    with claim_output(output, f"output {output}"):
+        return _score_logs(input_path, output, searcher=searcher, index_dir=index_dir, reranker=reranker,
+                           catalog=catalog, k=k, candidates=candidates, batch_size=batch_size, resume=resume,
+                           cache_size=cache_size, show_progress=show_progress, backend=backend,
+                           precision=precision, reranker_required=reranker_required)
+
+
+def _score_logs(input_path: Path, output: Path, *, searcher: Scorer | None, index_dir: Any, reranker: Any,
+                catalog: Any, k: int, candidates: int, batch_size: int, resume: bool, cache_size: int,
+                show_progress: bool, backend: str, precision: str | None,
+                reranker_required: bool | None) -> dict[str, Any]:
+    """:func:`score_logs` once the output is claimed."""
+    from pipeline import config
+
     source = _open_input(input_path, batch_size)
     if "query" not in source.columns:
         raise DataError(f"{input_path}: missing required column 'query' (found: {', '.join(source.columns) or 'none'})")
@@ -388,7 +447,8 @@ def score_logs(input_path: str | os.PathLike[str], output_path: str | os.PathLik
         searcher = TwoStageSearcher.load(index_dir or config.DEFAULT_INDEX_DIR,
                                          config.DEFAULT_RERANKER_DIR if reranker is None else reranker,
                                          catalog=catalog, backend=backend,
-                                         precision=precision or config.DEFAULT_PRECISION)
+                                         precision=precision or config.DEFAULT_PRECISION,
+                                         reranker_required=reranker_required)
     tasks = tuple(searcher.tasks) or DEFAULT_TASKS
     models = searcher.manifest_ids()
     params = {"mode": mode, "k": k, "candidates": candidates, "batch_size": batch_size, "tasks": list(tasks)}
@@ -401,14 +461,20 @@ def score_logs(input_path: str | os.PathLike[str], output_path: str | os.PathLik
     n_batches = rows_in = scored_rows = 0
     with _progress(source.total_rows, show_progress) as bar:
         task = bar.add_task("scoring", total=source.total_rows, rate="-")
-        for index, table in enumerate(_rebatch(source.batches, batch_size, input_path)):
-            n_batches += 1
-            if index not in done:
-                _write_atomic_table(worker.score(table, rows_in), _part_path(parts, index))
-                scored_rows += table.num_rows
-            rows_in += table.num_rows
-            elapsed = max(time.perf_counter() - start_time, 1e-9)
-            bar.update(task, completed=rows_in, rate=f"{scored_rows / elapsed:,.0f}")
+        try:
+            for index, table in enumerate(_rebatch(source.batches, batch_size, input_path)):
+                n_batches += 1
+                if index not in done:
+                    _write_atomic_table(worker.score(table, rows_in), _part_path(parts, index))
+                    scored_rows += table.num_rows
+                rows_in += table.num_rows
+                elapsed = max(time.perf_counter() - start_time, 1e-9)
+                bar.update(task, completed=rows_in, rate=f"{scored_rows / elapsed:,.0f}")
+        except DataError:
+            # Unreadable input: the parts can never be resumed (fixing the file changes its
+            # fingerprint, and an unchanged file fails at the same row), so none are kept.
+            shutil.rmtree(parts, ignore_errors=True)
+            raise
 
     provenance = {"kind": "scored-log", "models": models, "params": params,
                   "input": str(input_path), "rows_in": rows_in,
