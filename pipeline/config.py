@@ -89,6 +89,40 @@ def _lookup(table: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
     return node if isinstance(node, dict) else {}
 
 
+def check_config(cli: Any, config: dict[str, Any], path: Path | None = None) -> None:
+    """Refuse a pipeline.toml table or key that matches no command or option, naming the
+    closest valid one.
+
+    Why refuse rather than warn: Click's ``default_map`` silently ignores unknown names, so
+    a typo such as ``[serach]`` would leave every setting in it without effect.
+    """
+    import difflib
+
+    where = path or config_path()
+
+    def visit(node: dict[str, Any], command: Any, trail: tuple[str, ...]) -> None:
+        subcommands = getattr(command, "commands", None) or {}
+        options = {p.name for p in getattr(command, "params", []) if p.name != "help"}
+        for key, value in node.items():
+            name = key.replace("_", "-") if isinstance(value, dict) else key
+            here = ".".join((*trail, name))
+            if isinstance(value, dict) and (name in subcommands or key in subcommands):
+                visit(value, subcommands.get(name) or subcommands[key], (*trail, name))
+                continue
+            if not isinstance(value, dict) and key in options:
+                continue
+            if isinstance(value, dict):
+                close = difflib.get_close_matches(name, sorted(subcommands), n=1, cutoff=0.5)
+                hint = f"; did you mean [{'.'.join((*trail, close[0]))}]?" if close else ""
+                raise ShoprankError(f"{where}: unknown table [{here}] (no such command){hint}")
+            close = difflib.get_close_matches(key, sorted(options), n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            table = f"[{'.'.join(trail)}]" if trail else "the top level"
+            raise ShoprankError(f"{where}: unknown key {key!r} in {table} (no such option){hint}")
+
+    visit(config, cli, ())
+
+
 def effective_settings(cli: Any, config: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[str]]:
     """Per-command effective option values (built-in default, or pipeline.toml override).
 

@@ -26,10 +26,14 @@ __all__ = ["app", "main"]
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry: run the app, mapping expected errors to one-line messages."""
-    from pipeline.config import default_map
+    from pipeline.config import check_config, default_map, load_config
 
     try:
         defaults = default_map()
+        if defaults:
+            import typer.main
+
+            check_config(typer.main.get_command(app), load_config())
     except ShoprankError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return exc.exit_code
