@@ -26,8 +26,8 @@ from pipeline.core.artifacts import (atomic_directory, build_manifest, fingerpri
                                      writes_output)
 from pipeline.data import product_text
 from pipeline.core.errors import DataError
-from pipeline.core.runtime import DEFAULT_SEED, seed_everything
-from rerank.model import bundled_encoder_path, encoder_checksum, quiet_transformers
+from pipeline.core.runtime import DEFAULT_SEED, quiet_transformers, seed_everything
+from rerank.model import bundled_encoder_path, encoder_checksum
 
 KIND = "domain-bert"
 

@@ -166,7 +166,7 @@ def train_retriever(dataset: "Dataset", out_dir: str | os.PathLike[str], *, base
     with scratch_directory(out_dir) as ckpt_dir:
         args = SentenceTransformerTrainingArguments(
             output_dir=str(ckpt_dir), num_train_epochs=epochs, max_steps=max_steps,
-            per_device_train_batch_size=batch_size, learning_rate=learning_rate, warmup_ratio=0.1,
+            per_device_train_batch_size=batch_size, learning_rate=learning_rate, warmup_steps=0.1,
             batch_sampler=BatchSamplers.NO_DUPLICATES, eval_strategy="epoch", save_strategy="epoch",
             save_total_limit=2, load_best_model_at_end=True, metric_for_best_model="eval_valid_score",
             greater_is_better=True, seed=seed, data_seed=seed, logging_strategy="epoch", report_to="none",

@@ -144,7 +144,8 @@ def score_logs(
                      batch_size=batch_size, resume=resume, show_progress=progress, backend=backend,
                      precision=precision)
     for reason, count in report["skipped"].items():
-        info(f"note: skipped {count} row(s) with {reason} (first: row {report['first_skipped_row'][reason]})")
+        # rows counted from 1, as in every other message (the report keeps the 0-based input_row)
+        info(f"note: skipped {count} row(s) with {reason} (first: row {report['first_skipped_row'][reason] + 1})")
     if json_out:
         emit_json(report)
     else:
