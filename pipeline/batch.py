@@ -185,8 +185,12 @@ def output_schema(tasks: Sequence[str], metadata: Mapping[bytes, bytes] | None =
     return pa.schema(fields, metadata=dict(metadata) if metadata else None)
 
 
-def check_output(output: Path) -> None:
-    """Fail before any work if the output cannot be written (one line, names the directory)."""
+def check_output(output: Path, input_path: Path | None = None) -> None:
+    """Fail before any work if the output cannot be written (one line, names the directory),
+    or if it is the input log itself (by any path or hard link), which would be overwritten."""
+    if input_path is not None and input_path.exists() and (
+            output.resolve() == input_path.resolve() or (output.exists() and os.path.samefile(input_path, output))):
+        raise ShoprankError(f"{output}: the output is the input log itself; write the scores to another file")
     parent = output.parent
     if output.is_dir():
         raise ShoprankError(f"{output}: output path is a directory; give a file name like scored.parquet")
@@ -418,10 +422,7 @@ def score_logs(input_path: str | os.PathLike[str], output_path: str | os.PathLik
     input_path, output = Path(input_path), Path(output_path)
     if k < 1 or candidates < 1 or batch_size < 1:
         raise ShoprankError(f"k, candidates and batch size must be >= 1 (got {k}, {candidates}, {batch_size})")
-    if input_path.exists() and (output.resolve() == input_path.resolve()
-                                or (output.exists() and os.path.samefile(input_path, output))):
-        raise ShoprankError(f"{output}: the output is the input log itself; write the scores to another file")
-    check_output(output)
+    check_output(output, input_path)
     with claim_output(output, f"output {output}"):
         return _score_logs(input_path, output, searcher=searcher, index_dir=index_dir, reranker=reranker,
                            catalog=catalog, k=k, candidates=candidates, batch_size=batch_size, resume=resume,

@@ -51,7 +51,6 @@ import json
 import os
 import socket
 import time
-import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -63,6 +62,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.batch import DEFAULT_TASKS, METADATA_KEY, BatchScorer, check_output, output_schema
+from pipeline.core.artifacts import claim_output, temp_sibling
 from pipeline.core.errors import ArtifactError, DataError, ShoprankError
 from pipeline.core.cache import LRUCache
 
@@ -290,7 +290,7 @@ class _ScoreActor:
 def _write_ordered(blocks: Iterator[pa.Table], output: Path, schema: pa.Schema, plan: list[dict[str, int]]) -> int:
     """Stream ordered result tables into a temp sibling of ``output``, check the row order
     (every output row's input_row non-decreasing, none beyond the plan), rename into place."""
-    tmp = output.with_name(f".{output.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = temp_sibling(output)
     rows, last = 0, -1
     limit = plan[-1]["stop"] if plan else 0
     try:
@@ -337,13 +337,25 @@ def score_logs_ray(input_path: str | os.PathLike[str], output_path: str | os.Pat
     cluster CPUs / ``cpus_per_worker``) and ``retries`` (attempts per failed batch / dead
     actor). All paths must be readable at the same path on every node (shared storage).
     """
-    from pipeline import config
-    from pipeline.search import TwoStageSearcher
-
     input_path, output = Path(input_path).resolve(), Path(output_path).resolve()
     if k < 1 or candidates < 1 or batch_size < 1:
         raise ShoprankError(f"k, candidates and batch size must be >= 1 (got {k}, {candidates}, {batch_size})")
-    check_output(output)
+    check_output(output, input_path)
+    with claim_output(output, f"output {output}"):
+        return _score_logs_ray(input_path, output, index_dir=index_dir, reranker=reranker, catalog=catalog, k=k,
+                               candidates=candidates, batch_size=batch_size, cache_size=cache_size,
+                               address=address, workers=workers, cpus_per_worker=cpus_per_worker,
+                               retries=retries, show_progress=show_progress)
+
+
+def _score_logs_ray(input_path: Path, output: Path, *, index_dir: Any, reranker: Any, catalog: Any, k: int,
+                    candidates: int, batch_size: int, cache_size: int, address: str | None,
+                    workers: int | None, cpus_per_worker: float, retries: int,
+                    show_progress: bool) -> dict[str, Any]:
+    """:func:`score_logs_ray` once the output is claimed."""
+    from pipeline import config
+    from pipeline.search import TwoStageSearcher
+
     names, num_rows = _parquet_rows(input_path)
     if "query" not in names:
         raise DataError(f"{input_path}: missing required column 'query' (found: {', '.join(names) or 'none'})")

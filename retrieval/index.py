@@ -502,7 +502,7 @@ def _build_encoder(index_dir: str | os.PathLike[str]) -> Any:
     return load_encoder(path, str(manifest.get("model_id") or ""), encoded_with)
 
 
-@writes_output("index_dir", "index", updates=True)
+@writes_output("index_dir", "index", parent_must_exist=True)
 def add_products(index_dir: str | os.PathLike[str], catalog_df: "pd.DataFrame", encoder: "BiEncoder | None" = None,
                  *, batch_size: int = 64, show_progress: bool = True) -> dict[str, Any]:
     """Add (or replace) products in an existing index without a rebuild.
@@ -532,7 +532,7 @@ def add_products(index_dir: str | os.PathLike[str], catalog_df: "pd.DataFrame", 
                           "encoded_with": encoded_with}, hashes)
 
 
-@writes_output("index_dir", "index", updates=True)
+@writes_output("index_dir", "index", parent_must_exist=True)
 def remove_products(index_dir: str | os.PathLike[str], product_ids: Sequence[str]) -> dict[str, Any]:
     """Remove products by id: ``remove_ids`` where FAISS supports it, else tombstones."""
     retriever = Retriever.load(index_dir, load_encoder=False, mmap=False)
@@ -548,7 +548,7 @@ def remove_products(index_dir: str | os.PathLike[str], product_ids: Sequence[str
                          {"op": "remove", "removed": int(len(slots)), "removal": how}, retriever.text_hashes)
 
 
-@writes_output("index_dir", "index", updates=True)
+@writes_output("index_dir", "index", parent_must_exist=True)
 def compact_index(index_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Rebuild from the index's own stored vectors, dropping tombstones (no re-encoding)."""
     retriever = Retriever.load(index_dir, load_encoder=False, mmap=False)

@@ -300,13 +300,14 @@ def claim_output(target: str | os.PathLike[str], what: str) -> Iterator[Path]:
         yield target
 
 
-def writes_output(param: str, what: str, *, updates: bool = False) -> Callable[[F], F]:
+def writes_output(param: str, what: str, *, parent_must_exist: bool = False) -> Callable[[F], F]:
     """Decorator: the function holds :func:`claim_output` on its argument ``param`` while it runs.
 
     A decorator rather than a ``with`` block in each writer so the trainers, the index
     builders and updaters all claim their output the same way, before any work is done.
-    ``updates``: the function changes an existing artefact; when its folder does not even
-    exist there is nothing to guard, and the function itself says what is missing.
+    ``parent_must_exist``: the output's folder is not created (an index update, a scored file
+    in a folder the user names); when it is missing there is nothing to guard, and the
+    function itself says what is wrong.
     """
     def decorate(fn: F) -> F:
         signature = inspect.signature(fn)
@@ -314,7 +315,7 @@ def writes_output(param: str, what: str, *, updates: bool = False) -> Callable[[
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             target = Path(signature.bind(*args, **kwargs).arguments[param])
-            if updates and not target.parent.is_dir():
+            if parent_must_exist and not target.parent.is_dir():
                 return fn(*args, **kwargs)
             with claim_output(target, f"{what} {target}"):
                 return fn(*args, **kwargs)
