@@ -300,6 +300,8 @@ CASES: list[Case] = [
          message="did you mean 'candidates'"),
     Case("config unknown nested table", ("validate", "{world}"), config="[index.ad]\njson_out = true\n",
          message="did you mean [index.add]"),
+    Case("config keys by flag name reach the command", ("build-index",), config="[build-index]\nef-search = 16\n",
+         message="--ef-search does not apply to a flat index"),
     Case("config invalid toml", ("config", "show"), config="[search\n", message="invalid TOML"),
     # --- queries: `search` (refused before any model is loaded) ------------------------------
     Case("search empty query", ("search", ""), message="query is empty"),
