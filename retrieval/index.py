@@ -94,17 +94,20 @@ def search_param_problem(index_type: str, factory: str | None, params: dict[str,
     if factory is None and index_type not in INDEX_TYPES:
         return f"unknown index type {index_type!r}; use one of {', '.join(INDEX_TYPES)} or --factory"
     described = factory or {"flat": "IDMap2,Flat", "hnsw": "HNSW", "ivfpq": "IVF,PQ,RFlat"}[index_type]
-    shown = factory or index_type
+    shown = f"index {factory!r}" if factory else f"a {index_type} index"
     for key, value in params.items():
         if key not in _SEARCH_PARAMS:
             return f"unknown search parameter {key!r} (known: {', '.join(_SEARCH_PARAMS)})"
         needs, flag = _SEARCH_PARAMS[key]
         name = flag or key
         if not any(part in described for part in needs):
-            return f"{name} does not apply to a {shown} index (it is for {' / '.join(needs)} indexes)"
-        number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-        if number is None or (key != "k_factor" and (number != int(number) or number < 1)) or number <= 0:
-            return f"{name} must be {'a positive number' if key == 'k_factor' else 'an integer >= 1'}, got {value!r}"
+            return f"{name} does not apply to {shown} (it is for {' / '.join(needs)} indexes)"
+        if key == "k_factor":
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and math.isfinite(value) and value > 0):
+                return f"{name} must be a positive number, got {value!r}"
+        elif not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return f"{name} must be an integer >= 1, got {value!r}"
     return None
 
 
@@ -357,8 +360,8 @@ class Retriever:
             if text_hashes.shape != ids.shape or text_hashes.dtype != np.int64:
                 raise ArtifactError(f"{index_dir}: {TEXT_HASHES_FILE} does not match {IDS_FILE}; rebuild the index")
         search_params = manifest.get("search_params") or {}
-        problem = search_param_problem(str(manifest.get("index_type") or "flat"), manifest.get("factory"),
-                                       search_params if isinstance(search_params, dict) else {"?": search_params})
+        problem = (search_param_problem(str(manifest.get("index_type") or "flat"), manifest.get("factory"), search_params)
+                   if isinstance(search_params, dict) else "not a JSON object")
         if problem:
             raise ArtifactError(f"{index_dir / 'manifest.json'}: search_params do not fit the index ({problem})")
         _apply_search_params(index, search_params)
