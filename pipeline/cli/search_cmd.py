@@ -196,7 +196,7 @@ def evaluate(
 
     report = run(data, catalog=catalog, queries=queries, qrels=qrels, engagement=engagement, split=split,
                  index_dir=index_dir, reranker=reranker, run_dir=run_dir, candidates=candidates,
-                 systems=[s.strip() for s in systems.split(",") if s.strip()])
+                 systems=[s.strip() for s in systems.split(",") if s.strip()], progress=info)
     if json_out:
         emit_json(report)
         return
