@@ -42,6 +42,7 @@ class Case:
     world: str = "tiny"  # "tiny": the generated sample world, no models; "demo": trained artefacts
     config: str | None = None  # pipeline.toml text, if the row is about the config file
     check: Callable[[Path], None] | None = None  # more to assert on the row's folder afterwards
+    absent: str | None = None  # must not appear on stderr (library noise)
 
 
 # ----------------------------------------------------------------------------- input makers
@@ -432,6 +433,13 @@ CASES: list[Case] = [
          ("score-logs", "--input", "{file}", "--output", "{tmp}/out.parquet", "--no-progress", *SEARCH_DEMO),
          _table("log.parquet", {"query": pa.array([b"sofa"], pa.binary())}), code=0, world=DEMO,
          check=_scored_query_is("sofa")),
+    Case("score-logs skip note counts rows from 1",
+         ("score-logs", "--input", "{file}", "--output", "{tmp}/out.parquet", "--no-progress", *SEARCH_DEMO),
+         _table("log.csv", {"query": ["sofa", " ", "lamp"]}), code=0,
+         message="skipped 1 row(s) with empty query (first: row 2)", world=DEMO),
+    Case("torch search shows no library progress bars",
+         ("search", "sofa", "--backend", "torch", "--k", "2", *SEARCH_DEMO), code=0, world=DEMO,
+         absent="Loading weights"),
 ]
 
 
@@ -491,6 +499,8 @@ def test_bad_input(case: Case, tmp_path: Path, request: pytest.FixtureRequest, r
     else:
         assert len(errors) == 1, stderr
         assert case.message in errors[0], stderr
+    if case.absent is not None:
+        assert case.absent not in stderr, stderr
     after = _digests(work)
     assert {k: v for k, v in after.items() if k in before} == before, "an input file was changed"
     if case.check is not None:
