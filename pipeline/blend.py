@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import DEFAULT_CANDIDATES
+from pipeline.core.artifacts import writes_output
 from pipeline.data import Dataset, engagement_qrels, qrels_dict
 from pipeline.core.errors import DataError
 
@@ -118,6 +119,7 @@ def retriever_encoder_dir(retriever: Any) -> Path | None:
     return path if path is not None and (path / "config.json").is_file() else None
 
 
+@writes_output("out_dir", "model folder")
 def train_reranker_on_index(dataset: Dataset, out_dir: str | os.PathLike[str], *,
                             index_dir: str | os.PathLike[str] | None = None, candidates: int = DEFAULT_CANDIDATES,
                             retriever: Any = None, encoder_from_retriever: bool = True,

@@ -1,9 +1,10 @@
 """Settings: defaults < ``pipeline.toml`` in the working directory < command-line flags.
 
-``pipeline.toml`` has one table per command, keyed by the option's Python name, e.g.::
+``pipeline.toml`` has one table per command, keyed by the option's flag name (the Python
+parameter name is accepted too), e.g.::
 
     [build-index]
-    index_type = "hnsw"
+    index-type = "hnsw"
 
     [search]
     k = 20
@@ -13,7 +14,7 @@
     [index.add]
     ...
 
-It is fed to Click's ``default_map``, so flags always win and `pipeline config show`
+It is turned into Click's ``default_map``, so flags always win and `pipeline config show`
 can print the effective settings. Default artefact paths live here too.
 """
 from __future__ import annotations
@@ -64,9 +65,53 @@ def load_config(path: Path | None = None) -> dict[str, Any]:
     return data
 
 
-def default_map(path: Path | None = None) -> dict[str, Any]:
-    """Click ``default_map`` built from the config file (command name -> option defaults)."""
-    return {key.replace("_", "-"): value for key, value in load_config(path).items()}
+def flag_name(param: Any) -> str:
+    """What a user calls an option: its first long flag without dashes (``json`` for
+    ``--json``, ``index-type``); arguments keep their own name."""
+    longs = [o for o in getattr(param, "opts", []) if o.startswith("--")]
+    return longs[0][2:] if longs and getattr(param, "param_type_name", "") == "option" else param.name
+
+
+def default_map(cli: Any, path: Path | None = None) -> dict[str, Any]:
+    """Click ``default_map`` (command name -> option name -> value) from the config file.
+
+    A table or key that matches no command or option is refused, naming the closest valid
+    one. Why refuse rather than warn: Click's ``default_map`` ignores unknown names, so a
+    typo such as ``[serach]`` would leave every setting in it silently without effect.
+    """
+    import difflib
+
+    where = path or config_path()
+
+    def resolve(node: dict[str, Any], command: Any, trail: tuple[str, ...]) -> dict[str, Any]:
+        subcommands = getattr(command, "commands", None) or {}
+        spellings: dict[str, str] = {}
+        for param in getattr(command, "params", []):
+            if param.name != "help":
+                flag = flag_name(param)
+                for key in (param.name, param.name.replace("_", "-"), flag, flag.replace("-", "_")):
+                    spellings.setdefault(key, param.name)
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if isinstance(value, dict):
+                name = key.replace("_", "-")
+                if name in subcommands:
+                    out[name] = resolve(value, subcommands[name], (*trail, name))
+                    continue
+                close = difflib.get_close_matches(name, sorted(subcommands), n=1, cutoff=0.5)
+                hint = f"; did you mean [{'.'.join((*trail, close[0]))}]?" if close else ""
+                raise ShoprankError(f"{where}: unknown table [{'.'.join((*trail, name))}] (no such command){hint}")
+            if key in spellings:
+                out[spellings[key]] = value
+                continue
+            flags = sorted({flag_name(p) for p in getattr(command, "params", []) if p.name != "help"})
+            close = difflib.get_close_matches(key.replace("_", "-"), flags, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            table = f"[{'.'.join(trail)}]" if trail else "the top level"
+            raise ShoprankError(f"{where}: unknown key {key!r} in {table} (no such option){hint}")
+        return out
+
+    return resolve(load_config(path), cli, ())
 
 
 def _walk_commands(command: Any, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
@@ -90,40 +135,26 @@ def _lookup(table: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
     return node if isinstance(node, dict) else {}
 
 
-def effective_settings(cli: Any, config: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[str]]:
-    """Per-command effective option values (built-in default, or pipeline.toml override).
+def effective_settings(cli: Any, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Per-command effective option values (built-in default, or pipeline.toml override),
+    keyed by flag name: ``{"search": {"k": {"value": 20, "source": "pipeline.toml"}, ...}, ...}``.
 
-    Returns ``({"search": {"k": {"value": 20, "source": "pipeline.toml"}, ...}, ...}, unknown)``
-    where ``unknown`` lists config keys that match no command option — almost always a
-    typo that would otherwise be silently ignored by Click's default_map.
+    ``defaults``: the resolved :func:`default_map` (read from the config file if not given).
     """
-    config = load_config() if config is None else config
+    defaults = default_map(cli) if defaults is None else defaults
     settings: dict[str, Any] = {}
-    known_paths: set[tuple[str, ...]] = set()
     for path, command in _walk_commands(cli):
-        table = _lookup(config, path)
+        table = _lookup(defaults, path)
         options: dict[str, Any] = {}
         for param in command.params:
             if param.name in ("help",) or getattr(param, "hidden", False):
                 continue
-            known_paths.add((*path, param.name))
             if param.name in table:
-                options[param.name] = {"value": table[param.name], "source": CONFIG_FILE}
+                options[flag_name(param)] = {"value": table[param.name], "source": CONFIG_FILE}
             else:
                 default = param.default
-                options[param.name] = {"value": None if default is None else
-                                       (str(default) if isinstance(default, Path) else default),
-                                       "source": "default"}
+                options[flag_name(param)] = {"value": None if default is None else
+                                             (str(default) if isinstance(default, Path) else default),
+                                             "source": "default"}
         settings[" ".join(path)] = options
-    unknown: list[str] = []
-
-    def visit(node: dict[str, Any], path: tuple[str, ...]) -> None:
-        for key, value in node.items():
-            here = (*path, key.replace("_", "-") if isinstance(value, dict) else key)
-            if isinstance(value, dict):
-                visit(value, here)
-            elif here not in known_paths:
-                unknown.append(".".join(here))
-
-    visit(config, ())
-    return settings, unknown
+    return settings

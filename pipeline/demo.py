@@ -155,7 +155,7 @@ def run_demo(workdir: str | os.PathLike[str] = ".", *, quick: bool = False, seed
         # torch fp32 at the same recall (benchmarks/encoding_quality.py).
         encoder = load_encoder(retriever_dir, "torch")
         build_index(dataset.catalog, load_encoder(retriever_dir, "onnx", "int8", model_id=encoder.model_id), index_dir,
-                    index_type="flat", show_progress=progress)
+                    index_type="flat", show_progress=progress, catalog_path=dataset.report["files"]["catalog"])
         retriever = Retriever.load(index_dir, encoder=encoder)
     with _timed(timings, "train reranker"):
         # trained on the retriever's candidates; the blend with the retrieval score is then

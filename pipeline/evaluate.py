@@ -87,8 +87,12 @@ def evaluate(data_dir: str | os.PathLike[str] | None = None, *, dataset: Any = N
              reranker: str | os.PathLike[str] | None = DEFAULT_RERANKER_DIR,
              run_dir: str | os.PathLike[str] | None = None, systems: Sequence[str] = SYSTEMS,
              candidates: int = DEFAULT_CANDIDATES, depth: int = 100, measures: Sequence[str] = DEFAULT_MEASURES,
-             max_engagement_pairs: int = 2000, seed: int = DEFAULT_SEED) -> dict[str, Any]:
+             max_engagement_pairs: int = 2000, seed: int = DEFAULT_SEED,
+             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Evaluate the requested systems on ``split``; returns a JSON-able report.
+
+    ``progress`` receives one line per step (model loading, each system), because a full
+    evaluation takes minutes on CPU and silence looks like a hang.
 
     ``report["rows"]`` is the table (one row per system x subset with each measure);
     ``report["tasks"]`` the reranker's per-task engagement metrics; ``report["run_files"]``
@@ -123,10 +127,13 @@ def evaluate(data_dir: str | os.PathLike[str] | None = None, *, dataset: Any = N
         except OSError as exc:
             raise ShoprankError(f"{out_dir}: cannot create run directory ({exc.strerror})") from None
         write_trec_qrels(out_dir / "qrels.txt", qrels_by_id)
+        say = progress or (lambda line: None)
+        say(f"evaluate: loading the models for {', '.join(systems)}")
         rankers, details = _build_rankers(ds, systems, Path(scratch), index_dir, reranker,
                                           candidates, depth, all_qrels)
         rows, run_files, per_system = [], {}, {}
         for system, ranker in rankers.items():
+            say(f"evaluate: {system} on {len(texts)} queries")
             ids, scores = ranker(texts)
             run = {qid_of[t]: {pid: float(s) for pid, s in zip(r_ids, r_sc)}
                    for t, r_ids, r_sc in zip(texts, ids, scores)}
@@ -139,6 +146,7 @@ def evaluate(data_dir: str | os.PathLike[str] | None = None, *, dataset: Any = N
             per_system[system] = per_query(run, qrels_by_id, [PAIRED_MEASURE])[PAIRED_MEASURE]
         task_rows = []
         if "two-stage" in details and ds.engagement is not None:
+            say("evaluate: reranker per-task engagement metrics")
             task_rows = _engagement_metrics(details["two-stage"], ds.catalog, ds.engagement, set(texts),
                                             max_engagement_pairs, seed)
         report = {
@@ -203,12 +211,14 @@ def _build_rankers(ds: Any, systems: Sequence[str], scratch: Path, index_dir: An
         details["dense-zero-shot-model"] = str(zero.encoder.model_id)
         rankers["dense-zero-shot"] = lambda qs: zero.search(qs, k=depth)
     if {"dense-fine-tuned", "two-stage", "oracle-rerank"} & set(systems):
-        from pipeline.search import TwoStageSearcher
+        from pipeline.search import CatalogText, TwoStageSearcher
         from retrieval.index import Retriever
 
         # Always rank the dataset's own catalog (never a default path on disk).
         model = _load_reranker(reranker) if "two-stage" in systems else None
-        searcher = TwoStageSearcher(Retriever.load(index_dir), model, ds.catalog)
+        catalog_file = (getattr(ds, "report", None) or {}).get("files", {}).get("catalog")
+        catalog = CatalogText.from_frame(ds.catalog, f"catalog {catalog_file}" if catalog_file else "the catalog")
+        searcher = TwoStageSearcher(Retriever.load(index_dir), model, catalog)
         details["dense-fine-tuned-model"] = str(searcher.retriever.encoder.model_id)
         if "dense-fine-tuned" in systems:
             rankers["dense-fine-tuned"] = lambda qs: searcher.retriever.search(qs, k=depth)

@@ -62,6 +62,10 @@ def clean_query(query: object) -> str:
     if query is None or (isinstance(query, float) and np.isnan(query)):
         raise ShoprankError("query is missing")
     text = " ".join(str(query).split())
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes in a command-line argument arrive as lone surrogates
+        raise ShoprankError("query is not valid UTF-8 text; check the terminal's or the file's encoding") from None
     if not text:
         raise ShoprankError("query is empty (or only whitespace); type some words to search for")
     return text[:MAX_QUERY_CHARS]
@@ -75,17 +79,18 @@ class CatalogText:
     100k-product catalog costs one columnar read, not 100k string joins.
     """
 
-    def __init__(self, ids: list[str], columns: dict[str, list[Any]]) -> None:
+    def __init__(self, ids: list[str], columns: dict[str, list[Any]], source: str = "the catalog") -> None:
+        self.source = source  # how messages name it: "catalog <path>" when read from a file
         self.ids = ids
         self.columns = columns
         self.titles = ["" if t is None else str(t) for t in columns["title"]]
 
     @classmethod
-    def from_frame(cls, frame: Any) -> CatalogText:
+    def from_frame(cls, frame: Any, source: str = "the catalog") -> CatalogText:
         """From a validated catalog DataFrame (library callers already hold one)."""
         from pipeline.data import product_text_fields
 
-        return cls(frame["product_id"].astype(str).tolist(), product_text_fields(frame))
+        return cls(frame["product_id"].astype(str).tolist(), product_text_fields(frame), source)
 
     @classmethod
     def read(cls, path: Path) -> CatalogText:
@@ -111,13 +116,17 @@ class CatalogText:
                     columns = {c: table.column(c).to_pylist() if c in names else [None] * n
                                for c in PRODUCT_TEXT_FIELDS}
                     ids = [str(p) for p in table.column("product_id").to_pylist()]
-                    if None not in columns["title"] and "None" not in ids and len(set(ids)) == n:
-                        return cls(ids, columns)
+                    # Only a catalog the validating loader would accept unchanged takes this
+                    # path; anything else goes there, so every command refuses the same rows.
+                    if (all(isinstance(t, str) and t.strip() for t in columns["title"])
+                            and all(p.strip() and p == p.strip() for p in ids) and "None" not in ids
+                            and len(set(ids)) == n):
+                        return cls(ids, columns, f"catalog {path}")
             except (OSError, ValueError):
                 pass  # let the validating loader produce the one-line error
         from pipeline.data import load_dataset
 
-        return cls.from_frame(load_dataset(catalog=path).catalog)
+        return cls.from_frame(load_dataset(catalog=path).catalog, f"catalog {path}")
 
     def text(self, row: int) -> str:
         """Product text of one catalog row."""
@@ -138,9 +147,12 @@ class TwoStageSearcher:
     """
 
     def __init__(self, retriever: Any, reranker: Any | None, catalog: Any, *,
-                 weights: Mapping[str, float] | None = None, retrieval_weight: float | None = None) -> None:
+                 weights: Mapping[str, float] | None = None, retrieval_weight: float | None = None,
+                 catalog_verified: bool = False) -> None:
         """``catalog``: a :class:`CatalogText` or a catalog DataFrame. ``retrieval_weight``
-        overrides the reranker manifest's fitted blend weight (0 = reranker order alone)."""
+        overrides the reranker manifest's fitted blend weight (0 = reranker order alone).
+        ``catalog_verified``: the caller has checked that the catalog is the very file the index
+        was built from, so the per-product text check can be skipped."""
         from rerank.fusion import retrieval_weight as manifest_weight
 
         self.retriever = retriever
@@ -162,6 +174,27 @@ class TwoStageSearcher:
                 f"catalog does not match the index: product {missing[0]!r} is in the index but "
                 "not in the catalog; pass the catalog the index was built from"
             )
+        if not catalog_verified:
+            self._check_catalog_text(retriever)
+
+    def _check_catalog_text(self, retriever: Any) -> None:
+        """Refuse a catalog whose product text differs from the text the index encoded.
+
+        Why: retrieval ranks by vectors of the old text while the reranker and the output
+        show the new one, so a replaced catalog gives confident nonsense with exit 0.
+        """
+        from pipeline.core.text import text_hash
+
+        indexed = getattr(retriever, "live_text_hashes", lambda: None)()
+        if not indexed:
+            return
+        for pid, digest in indexed:
+            if text_hash(self.catalog.text(self._row[pid])) != digest:
+                manifest = getattr(retriever, "manifest", {}) or {}
+                raise ArtifactError(
+                    f"{self.catalog.source} does not match index {getattr(retriever, 'index_dir', '')} "
+                    f"(built from a catalog with fingerprint {manifest.get('catalog_fingerprint')}; product "
+                    f"{pid!r} has changed since); rebuild the index or pass the catalog it was built from")
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -169,7 +202,7 @@ class TwoStageSearcher:
              reranker: str | os.PathLike[str] | None = DEFAULT_RERANKER_DIR, *,
              catalog: str | os.PathLike[str] | None = None, backend: str = "auto",
              precision: str = DEFAULT_PRECISION, weights: Mapping[str, float] | None = None,
-             warn: bool = True) -> TwoStageSearcher:
+             warn: bool = True, reranker_required: bool | None = None) -> TwoStageSearcher:
         """Load the index (and its query encoder), the reranker and the catalog.
 
         ``backend``: ``"onnx"`` runs both encoders on ONNX Runtime from their exports
@@ -181,11 +214,13 @@ class TwoStageSearcher:
 
         A missing reranker at the *default* path is not an error (the user may not have
         trained one yet): the searcher says so on stderr and ranks by retrieval score.
-        A reranker path given explicitly must exist. ``catalog`` defaults to the catalog
-        recorded in the index manifest, then ``data/sample/catalog.parquet``.
+        A reranker path given explicitly must exist (``reranker_required``: whether the user
+        named it; None = any path but the default). ``catalog`` defaults to the catalog
+        recorded in the index manifest, then ``data/sample/catalog.parquet``; a catalog whose
+        products differ from the ones indexed is refused.
         """
-        from pipeline.core.artifacts import read_manifest
-        from pipeline.core.onnx import check_choices
+        from pipeline.core.artifacts import file_has_sha256, read_manifest
+        from pipeline.core.onnx import check_choices, has_export
         from rerank.loading import choose_backend as reranker_backend
         from rerank.loading import load_reranker
         from retrieval.encoders import choose_backend as retriever_backend
@@ -202,8 +237,10 @@ class TwoStageSearcher:
         model_path = Path(str(index_manifest.get("model_path") or ""))
         rpath = Path(reranker) if reranker is not None else None
         has_reranker = rpath is not None and (rpath / "manifest.json").is_file()
+        if reranker_required is None:
+            reranker_required = rpath != Path(DEFAULT_RERANKER_DIR)
         if rpath is not None and not has_reranker:
-            if rpath != Path(DEFAULT_RERANKER_DIR):
+            if reranker_required:
                 raise ArtifactError(f"{rpath}: no trained reranker here (no manifest.json)")
             if warn:
                 sys.stderr.write(
@@ -213,8 +250,15 @@ class TwoStageSearcher:
         if backend == "auto":
             stages = [retriever_backend(model_path)[0], *([reranker_backend(rpath)[0]] if has_reranker else [])]
             backend = "onnx" if all(stage == "onnx" for stage in stages) else "torch"
+            broken = [p / "onnx" for p in (model_path, rpath if has_reranker else None)
+                      if p is not None and (p / "onnx").is_dir() and not has_export(p)]
+            if broken and warn:
+                sys.stderr.write(f"note: {broken[0]} has no manifest.json (an interrupted export?); running the "
+                                 "slower PyTorch models; re-run `pipeline export-onnx` to use ONNX Runtime\n")
         backend, precision = reranker_backend(rpath if has_reranker else None, backend, precision)
         cat_path = Path(catalog) if catalog else _catalog_from_manifest(index_manifest)
+        recorded_sha = (index_manifest.get("inputs") or {}).get("catalog_sha256")
+        catalog_verified = bool(recorded_sha) and file_has_sha256(cat_path, recorded_sha)
         if backend == "onnx":
             from concurrent.futures import ThreadPoolExecutor
 
@@ -239,7 +283,7 @@ class TwoStageSearcher:
             retriever = Retriever.load(index_path)
             model = load_reranker(rpath, "torch", precision) if has_reranker else None  # type: ignore[arg-type]
             catalog_text = CatalogText.read(cat_path)
-        searcher = cls(retriever, model, catalog_text, weights=weights)
+        searcher = cls(retriever, model, catalog_text, weights=weights, catalog_verified=catalog_verified)
         searcher.backend, searcher.precision = backend, precision
         return searcher
 
@@ -352,7 +396,8 @@ def run_search(queries: Sequence[str], *, k: int = 10, candidates: int = DEFAULT
                index_dir: str | os.PathLike[str] = DEFAULT_INDEX_DIR,
                reranker: str | os.PathLike[str] | None = DEFAULT_RERANKER_DIR,
                catalog: str | os.PathLike[str] | None = None, weights: Mapping[str, float] | None = None,
-               backend: str = "auto", precision: str = DEFAULT_PRECISION) -> dict[str, Any]:
+               backend: str = "auto", precision: str = DEFAULT_PRECISION,
+               reranker_required: bool | None = None) -> dict[str, Any]:
     """Load the searcher once and answer several queries (what `pipeline search` prints).
 
     Queries are validated *before* any model is loaded, so a blank query fails in
@@ -363,7 +408,7 @@ def run_search(queries: Sequence[str], *, k: int = 10, candidates: int = DEFAULT
     cleaned = [clean_query(q) for q in queries]
     truncated = [i for i, q in enumerate(queries) if len(" ".join(str(q).split())) > MAX_QUERY_CHARS]
     searcher = TwoStageSearcher.load(index_dir, reranker, catalog=catalog, backend=backend, precision=precision,
-                                     weights=weights)
+                                     weights=weights, reranker_required=reranker_required)
     hits = searcher.search_many(cleaned, k=k, candidates=candidates)
     return {
         "reranked": searcher.reranked, "tasks": list(searcher.tasks), "models": searcher.manifest_ids(),

@@ -16,18 +16,18 @@ takes the ``bert.`` weights) plus tokenizer and a ``manifest.json`` of kind ``do
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from pipeline.core.artifacts import atomic_directory, build_manifest, fingerprint_frame, write_manifest
+from pipeline.core.artifacts import (atomic_directory, build_manifest, fingerprint_frame, scratch_directory, write_manifest,
+                                     writes_output)
 from pipeline.data import product_text
 from pipeline.core.errors import DataError
-from pipeline.core.runtime import DEFAULT_SEED, seed_everything
-from rerank.model import bundled_encoder_path, encoder_checksum, quiet_transformers
+from pipeline.core.runtime import DEFAULT_SEED, quiet_transformers, seed_everything
+from rerank.model import bundled_encoder_path, encoder_checksum
 
 KIND = "domain-bert"
 
@@ -41,6 +41,7 @@ def catalog_corpus(catalog: pd.DataFrame) -> list[str]:
     return [t for t in texts if t.strip()]
 
 
+@writes_output("out_dir", "encoder folder")
 def adapt_lm(catalog: pd.DataFrame, out_dir: str | os.PathLike[str], *, base: str | os.PathLike[str] | None = None,
              epochs: float = 1.0, max_steps: int = -1, batch_size: int = 16, max_length: int = 64,
              learning_rate: float = 5e-5, mlm_probability: float = 0.15, seed: int = DEFAULT_SEED,
@@ -62,9 +63,9 @@ def adapt_lm(catalog: pd.DataFrame, out_dir: str | os.PathLike[str], *, base: st
     collator = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=True, mlm_probability=mlm_probability,
                                                seed=seed)
     started = time.time()
-    with tempfile.TemporaryDirectory(prefix="adapt-lm-") as tmp:
+    with scratch_directory(out_dir) as tmp:
         args = TrainingArguments(
-            output_dir=tmp, per_device_train_batch_size=batch_size, num_train_epochs=epochs, max_steps=max_steps,
+            output_dir=str(tmp), per_device_train_batch_size=batch_size, num_train_epochs=epochs, max_steps=max_steps,
             learning_rate=learning_rate, warmup_steps=0.1, weight_decay=0.01, logging_steps=10,
             save_strategy="no", eval_strategy="no", report_to="none", seed=seed, data_seed=seed, use_cpu=True,
             disable_tqdm=not progress, dataloader_pin_memory=False, remove_unused_columns=False,

@@ -26,10 +26,9 @@ heads config, refusing anything else with one-line :class:`ArtifactError`.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from torch import nn
 from pipeline.core.artifacts import (BUNDLED_SHA256, atomic_directory, build_manifest, bundled_model_path, file_has_sha256,
                                 read_manifest, require_compatible, sha256_file, write_manifest)
 from pipeline.core.errors import ArtifactError
+from pipeline.core.runtime import quiet_transformers
 from rerank import DEFAULT_MAX_LENGTH
 from rerank.heads import ARCHITECTURES, HEAD_MODES, TASKS, build_head, log_probs
 
@@ -101,24 +101,6 @@ def encoder_checksum(path: str | os.PathLike[str]) -> str:
         if (Path(path) / name).is_file():
             return sha256_file(Path(path) / name)
     raise ArtifactError(f"{path}: no model.safetensors in encoder folder")
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' load reports / weight-loading bars (e.g. the unused pooler,
-    which we drop on purpose); real errors still raise."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 class MultiTaskCrossEncoder(nn.Module):

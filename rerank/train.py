@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -33,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from pipeline.core.artifacts import fingerprint_frame
+from pipeline.core.artifacts import fingerprint_frame, scratch_directory, writes_output
 from pipeline.data import Dataset
 from pipeline.core.errors import DataError
 from pipeline.core.runtime import DEFAULT_SEED, seed_everything
@@ -183,6 +182,7 @@ def pick_queries(queries: list[str], limit: int | None, seed: int) -> list[str]:
     return [queries[i] for i in sorted(rng.choice(len(queries), size=limit, replace=False))]
 
 
+@writes_output("out_dir", "model folder")
 def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
                    candidates: Mapping[str, Sequence[str]] | None = None,
                    encoder: str | os.PathLike[str] | None = None,
@@ -254,9 +254,9 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
     steps_per_epoch = len(GroupBatchSampler.for_rows(examples["group"].tolist(), batch_size))
     keep_best = KeepBestCallback()
     started = time.time()
-    with tempfile.TemporaryDirectory(prefix="rerank-trainer-") as tmp:
+    with scratch_directory(out_dir) as tmp:
         args = TrainingArguments(
-            output_dir=tmp, per_device_train_batch_size=batch_size, num_train_epochs=epochs,
+            output_dir=str(tmp), per_device_train_batch_size=batch_size, num_train_epochs=epochs,
             learning_rate=learning_rate, warmup_steps=0.1, lr_scheduler_type="linear",
             logging_strategy="steps", logging_steps=max(1, steps_per_epoch // 5),
             eval_strategy="epoch", save_strategy="no", report_to="none",

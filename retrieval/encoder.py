@@ -99,13 +99,14 @@ class BiEncoder:
         """Load the bundled MiniLM (``path=None``) or any sentence-transformers folder, checksum-verified."""
         folder = Path(path) if path is not None else bundled_model_path()
         model_id, name = verify_model_folder(folder)
-        from pipeline.core.runtime import import_torch
+        from pipeline.core.runtime import import_torch, quiet_transformers
 
         import_torch()
         from sentence_transformers import SentenceTransformer
 
         try:
-            model = SentenceTransformer(str(folder), device=device, local_files_only=True)
+            with quiet_transformers():  # no "Loading weights" bar in the user's terminal
+                model = SentenceTransformer(str(folder), device=device, local_files_only=True)
         except (OSError, ValueError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
             raise ArtifactError(f"{folder}: cannot load sentence-transformers model ({first[:200]})") from None

@@ -31,7 +31,7 @@ import numpy as np
 
 from pipeline.core.artifacts import (
     atomic_directory, build_manifest, file_has_sha256, fingerprint_frame, hash_file, read_manifest,
-    recover_directory, remember_sha256, write_manifest,
+    recover_directory, remember_sha256, write_manifest, writes_output,
 )
 from pipeline.core.errors import ArtifactError, DataError
 from pipeline.core.runtime import DEFAULT_SEED
@@ -46,6 +46,9 @@ INDEX_KIND = "faiss-index"
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.npy"
 STATUS_FILE = "status.npy"
+#: Per slot, :func:`pipeline.core.text.text_hash` of the product text the vector was encoded
+#: from: what lets a searcher refuse a catalog whose products changed since indexing.
+TEXT_HASHES_FILE = "text_hashes.npy"
 LIVE, REMOVED, TOMBSTONED = 0, 1, 2
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")
 #: Catalog columns whose change makes an index stale: the id and every field of the product text.
@@ -76,6 +79,45 @@ def default_factory(index_type: str, n: int, dim: int, **params: Any) -> tuple[s
             "k_factor": float(params.get("k_factor", 4.0)),
         }
     raise DataError(f"unknown index type {index_type!r}; use one of {', '.join(INDEX_TYPES)} or --factory")
+
+
+#: Search-time parameters, the part of a factory string that must be present for each, and
+#: the build-index flag that sets it.
+_SEARCH_PARAMS = {"efSearch": (("HNSW",), "--ef-search"), "efConstruction": (("HNSW",), None),
+                  "nprobe": (("IVF",), "--nprobe"), "k_factor": (("RFlat", "Refine"), None)}
+
+
+def search_param_problem(index_type: str, factory: str | None, params: dict[str, Any]) -> str | None:
+    """Why ``params`` cannot be set on this index (None when they can).
+
+    Checked before any encoding: FAISS itself only refuses an inapplicable parameter when it
+    is set on the built index, after minutes of work, and accepts a negative efSearch.
+    """
+    if factory is None and index_type not in INDEX_TYPES:
+        return f"unknown index type {index_type!r}; use one of {', '.join(INDEX_TYPES)} or --factory"
+    described = factory or {"flat": "IDMap2,Flat", "hnsw": "HNSW", "ivfpq": "IVF,PQ,RFlat"}[index_type]
+    shown = f"index {factory!r}" if factory else f"a {index_type} index"
+    for key, value in params.items():
+        if key not in _SEARCH_PARAMS:
+            return f"unknown search parameter {key!r} (known: {', '.join(_SEARCH_PARAMS)})"
+        needs, flag = _SEARCH_PARAMS[key]
+        name = flag or key
+        if not any(part in described for part in needs):
+            return f"{name} does not apply to {shown} (it is for {' / '.join(needs)} indexes)"
+        if key == "k_factor":
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and math.isfinite(value) and value > 0):
+                return f"{name} must be a positive number, got {value!r}"
+        elif not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return f"{name} must be an integer >= 1, got {value!r}"
+    return None
+
+
+def check_build_options(index_type: str, factory: str | None, params: dict[str, Any]) -> None:
+    """One-line DataError for an index type or search parameters that cannot be built."""
+    problem = search_param_problem(index_type, factory, params)
+    if problem:
+        raise DataError(problem)
 
 
 def _apply_search_params(index: Any, params: dict[str, Any]) -> None:
@@ -134,12 +176,21 @@ def measure_latency(index: Any, vectors: np.ndarray, k: int = 100, n_queries: in
             "k": int(k)}
 
 
+@writes_output("out_dir", "index")
 def build_from_vectors(vectors: np.ndarray, ids: Sequence[str], out_dir: str | os.PathLike[str], *,
                        index_type: str = "flat", factory: str | None = None, model: dict[str, Any] | None = None,
-                       catalog_fingerprint: str | None = None, seed: int = DEFAULT_SEED, **params: Any) -> dict[str, Any]:
+                       catalog_fingerprint: str | None = None, seed: int = DEFAULT_SEED,
+                       text_hashes: np.ndarray | None = None, catalog: dict[str, Any] | None = None,
+                       **params: Any) -> dict[str, Any]:
     """Build and save an index from precomputed unit vectors (the encoder-free core of
-    :func:`build_index`; the benchmark uses it on synthetic vectors)."""
+    :func:`build_index`; the benchmark uses it on synthetic vectors).
+
+    ``text_hashes``: per vector, the hash of the product text it was encoded from (stored, so
+    searchers can refuse a changed catalog); ``catalog``: the catalog file's ``path`` and
+    ``sha256``, recorded in the manifest's inputs.
+    """
     faiss = _faiss()
+    check_build_options(index_type, factory, {k: v for k, v in params.items() if k in _SEARCH_PARAMS})
     vectors = _check_vectors(vectors)
     ids_arr = np.asarray([str(i) for i in ids])
     if len(ids_arr) != len(vectors):
@@ -179,11 +230,14 @@ def build_from_vectors(vectors: np.ndarray, ids: Sequence[str], out_dir: str | o
         digest, stat = hash_file(tmp / INDEX_FILE)
         np.save(tmp / IDS_FILE, ids_arr, allow_pickle=False)
         np.save(tmp / STATUS_FILE, np.zeros(n, dtype=np.int8), allow_pickle=False)
+        if text_hashes is not None:
+            np.save(tmp / TEXT_HASHES_FILE, np.asarray(text_hashes, dtype=np.int64), allow_pickle=False)
         manifest = build_manifest(
             INDEX_KIND,
             config={"index_type": index_type if factory == preset_factory else "custom", "factory": factory,
                     "search_params": search_params, "seed": seed},
-            inputs={"catalog_fingerprint": catalog_fingerprint, **({"model_id": model["model_id"]} if model else {})},
+            inputs={"catalog_fingerprint": catalog_fingerprint, **({"model_id": model["model_id"]} if model else {}),
+                    **(catalog or {})},
             model_id=(model or {}).get("model_id"), model_path=(model or {}).get("model_path"),
             model_name=(model or {}).get("model_name"), encoded_with=(model or {}).get("encoded_with", "torch-fp32"),
             dim=dim, count=n, live=n, tombstoned=0, removed=0,
@@ -197,24 +251,45 @@ def build_from_vectors(vectors: np.ndarray, ids: Sequence[str], out_dir: str | o
     return manifest
 
 
+@writes_output("out_dir", "index")
 def build_index(catalog_df: "pd.DataFrame", encoder: "BiEncoder", out_dir: str | os.PathLike[str],
                 index_type: str = "flat", *, factory: str | None = None, batch_size: int = 64,
-                show_progress: bool = True, **params: Any) -> dict[str, Any]:
+                show_progress: bool = True, catalog_path: str | os.PathLike[str] | None = None,
+                **params: Any) -> dict[str, Any]:
     """Encode a catalog with ``encoder`` and write a complete index directory to ``out_dir``.
 
-    Returns the manifest, with ``encode_seconds`` added (encoding dominates on CPU).
+    ``catalog_path``: the file ``catalog_df`` was read from; recorded (with its sha256) so
+    searchers default to it and can tell when it changed. Returns the manifest, with
+    ``encode_seconds`` added (encoding dominates on CPU).
     """
+    check_build_options(index_type, factory, {k: v for k, v in params.items() if k in _SEARCH_PARAMS})
     if "product_id" not in catalog_df.columns:
         raise DataError("catalog: missing column 'product_id'")
+    catalog: dict[str, Any] = {}
+    stat: list[int] = []
+    if catalog_path is not None:
+        digest, stat = hash_file(catalog_path)
+        catalog = {"catalog": str(Path(catalog_path).resolve()), "catalog_sha256": digest}
     started = time.perf_counter()
     vectors = encoder.encode_catalog(catalog_df, batch_size=batch_size, show_progress=show_progress)
     encode_seconds = time.perf_counter() - started
     fp = fingerprint_frame(catalog_df, [c for c in CATALOG_FP_COLUMNS if c in catalog_df.columns])
     manifest = build_from_vectors(vectors, catalog_df["product_id"].astype(str).tolist(), out_dir,
                                   index_type=index_type, factory=factory, model=encoder.describe(),
-                                  catalog_fingerprint=fp, **params)
+                                  catalog_fingerprint=fp, text_hashes=product_text_hashes(catalog_df),
+                                  catalog=catalog, **params)
+    if catalog_path is not None:
+        remember_sha256(catalog_path, catalog["catalog_sha256"], stat)  # the first search need not re-hash it
     manifest["encode_seconds"] = round(encode_seconds, 3)
     return manifest
+
+
+def product_text_hashes(catalog_df: "pd.DataFrame") -> np.ndarray:
+    """:func:`pipeline.core.text.text_hash` of each product's text (the text that is encoded)."""
+    from pipeline.core.text import text_hash
+    from pipeline.data import product_text
+
+    return np.asarray([text_hash(t) for t in product_text(catalog_df)], dtype=np.int64)
 
 
 def _read_index(index_dir: Path, manifest: dict[str, Any], mmap: bool, with_torch: bool = True) -> Any:
@@ -242,8 +317,10 @@ class Retriever:
     """A loaded index plus the query encoder it was built with: ``search(queries, k)``."""
 
     def __init__(self, index_dir: Path, index: Any, ids: np.ndarray, status: np.ndarray,
-                 manifest: dict[str, Any], encoder: "BiEncoder | None") -> None:
+                 manifest: dict[str, Any], encoder: "BiEncoder | None",
+                 text_hashes: np.ndarray | None = None) -> None:
         self.index_dir = index_dir
+        self.text_hashes = text_hashes
         self.index = index
         self.ids = ids
         self.status = status
@@ -276,7 +353,20 @@ class Retriever:
             raise ArtifactError(f"{index_dir}: unreadable {IDS_FILE}/{STATUS_FILE} ({exc.__class__.__name__})") from None
         if len(ids) != len(status) or int((status != REMOVED).sum()) != index.ntotal:
             raise ArtifactError(f"{index_dir}: {IDS_FILE} ({len(ids)} slots) does not match the index ({index.ntotal} vectors)")
-        _apply_search_params(index, manifest.get("search_params") or {})
+        text_hashes = None
+        if (index_dir / TEXT_HASHES_FILE).is_file():  # indexes built before it was recorded have none
+            try:
+                text_hashes = np.load(index_dir / TEXT_HASHES_FILE, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise ArtifactError(f"{index_dir}: unreadable {TEXT_HASHES_FILE} ({exc.__class__.__name__})") from None
+            if text_hashes.shape != ids.shape or text_hashes.dtype != np.int64:
+                raise ArtifactError(f"{index_dir}: {TEXT_HASHES_FILE} does not match {IDS_FILE}; rebuild the index")
+        search_params = manifest.get("search_params") or {}
+        problem = (search_param_problem(str(manifest.get("index_type") or "flat"), manifest.get("factory"), search_params)
+                   if isinstance(search_params, dict) else "not a JSON object")
+        if problem:
+            raise ArtifactError(f"{index_dir / 'manifest.json'}: search_params do not fit the index ({problem})")
+        _apply_search_params(index, search_params)
         if encoder is None and load_encoder:
             from retrieval.encoders import load_encoder as load_model
 
@@ -286,7 +376,7 @@ class Retriever:
             encoder = load_model(path, backend="torch")
         if encoder is not None:
             check_encoder(manifest, encoder, index_dir)
-        return cls(index_dir, index, ids, status, manifest, encoder)
+        return cls(index_dir, index, ids, status, manifest, encoder, text_hashes)
 
     def use_encoder(self, encoder: "BiEncoder") -> "Retriever":
         """Attach a query encoder after loading (refused if it is not the index's model), so a
@@ -299,6 +389,13 @@ class Retriever:
     def catalog_ids(self) -> list[str]:
         """Product ids currently searchable (live slots), in slot order."""
         return self.ids[self.status == LIVE].tolist()
+
+    def live_text_hashes(self) -> list[tuple[str, int]] | None:
+        """(product id, text hash) of every live product, or None for an index without hashes."""
+        if self.text_hashes is None:
+            return None
+        live = self.status == LIVE
+        return list(zip(self.ids[live].tolist(), self.text_hashes[live].tolist()))
 
     @property
     def dim(self) -> int:
@@ -356,15 +453,19 @@ def check_encoder(manifest: dict[str, Any], encoder: "BiEncoder", index_dir: Pat
 
 
 def _save_updated(retriever: Retriever, index: Any, ids: np.ndarray, status: np.ndarray,
-                  update: dict[str, Any]) -> dict[str, Any]:
+                  update: dict[str, Any], text_hashes: np.ndarray | None) -> dict[str, Any]:
     """Write an updated copy of the index directory atomically and return its manifest."""
     faiss = _faiss()
     manifest = dict(retriever.manifest)
+    if update["op"] == "add":  # the recorded catalog file no longer describes every indexed product
+        manifest["inputs"] = {**(manifest.get("inputs") or {}), "catalog_sha256": None}
     with atomic_directory(retriever.index_dir) as tmp:
         faiss.write_index(index, str(tmp / INDEX_FILE))
         digest, stat = hash_file(tmp / INDEX_FILE)
         np.save(tmp / IDS_FILE, ids, allow_pickle=False)
         np.save(tmp / STATUS_FILE, status, allow_pickle=False)
+        if text_hashes is not None:
+            np.save(tmp / TEXT_HASHES_FILE, text_hashes, allow_pickle=False)
         manifest.update(
             count=int(index.ntotal), live=int((status == LIVE).sum()), tombstoned=int((status == TOMBSTONED).sum()),
             removed=int((status == REMOVED).sum()), index_sha256=digest,
@@ -404,6 +505,7 @@ def _encoder_of(index_dir: str | os.PathLike[str]) -> Any:
     return load_index_encoder(path, str(manifest.get("model_id") or ""), encoded_with, torch_without_export=True)
 
 
+@writes_output("index_dir", "index", parent_must_exist=True)
 def add_products(index_dir: str | os.PathLike[str], catalog_df: "pd.DataFrame", encoder: "BiEncoder | None" = None,
                  *, batch_size: int = 64, show_progress: bool = True) -> dict[str, Any]:
     """Add (or replace) products in an existing index without a rebuild.
@@ -425,12 +527,15 @@ def add_products(index_dir: str | os.PathLike[str], catalog_df: "pd.DataFrame", 
     _add_vectors(index, vectors, len(ids))
     ids = np.concatenate([ids, new_ids.astype(str)])  # numpy widens the string dtype as needed
     status = np.concatenate([status, np.zeros(len(new_ids), dtype=np.int8)])
+    hashes = (None if retriever.text_hashes is None
+              else np.concatenate([retriever.text_hashes, product_text_hashes(catalog_df)]))
     encoded_with = retriever.encoder.describe().get("encoded_with", "torch-fp32")
     return _save_updated(retriever, index, ids, status,
                          {"op": "add", "added": int(len(new_ids)), "replaced": int(len(replace)), "removal": how,
-                          "encoded_with": encoded_with})
+                          "encoded_with": encoded_with}, hashes)
 
 
+@writes_output("index_dir", "index", parent_must_exist=True)
 def remove_products(index_dir: str | os.PathLike[str], product_ids: Sequence[str]) -> dict[str, Any]:
     """Remove products by id: ``remove_ids`` where FAISS supports it, else tombstones."""
     retriever = Retriever.load(index_dir, load_encoder=False, mmap=False)
@@ -443,9 +548,10 @@ def remove_products(index_dir: str | os.PathLike[str], product_ids: Sequence[str
     slots = np.flatnonzero(np.isin(ids, wanted) & live)
     how = _remove_slots(retriever.index, status, slots)
     return _save_updated(retriever, retriever.index, ids, status,
-                         {"op": "remove", "removed": int(len(slots)), "removal": how})
+                         {"op": "remove", "removed": int(len(slots)), "removal": how}, retriever.text_hashes)
 
 
+@writes_output("index_dir", "index", parent_must_exist=True)
 def compact_index(index_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Rebuild from the index's own stored vectors, dropping tombstones (no re-encoding)."""
     retriever = Retriever.load(index_dir, load_encoder=False, mmap=False)
@@ -462,4 +568,7 @@ def compact_index(index_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return build_from_vectors(vectors, retriever.ids[live_slots].tolist(), index_dir,
                               index_type=m.get("index_type", "flat"),
                               factory=m.get("factory"), model=model,
-                              catalog_fingerprint=m.get("catalog_fingerprint"), **(m.get("search_params") or {}))
+                              catalog_fingerprint=m.get("catalog_fingerprint"),
+                              text_hashes=None if retriever.text_hashes is None else retriever.text_hashes[live_slots],
+                              catalog={k: v for k, v in (m.get("inputs") or {}).items() if k in ("catalog", "catalog_sha256")},
+                              **(m.get("search_params") or {}))

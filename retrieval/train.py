@@ -18,14 +18,14 @@ Recipe (each choice is the simplest one that does the job on 2 CPU cores):
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.core.artifacts import atomic_directory, build_manifest, fingerprint_frame, sha256_file, write_manifest
+from pipeline.core.artifacts import (atomic_directory, build_manifest, fingerprint_frame, scratch_directory, sha256_file,
+                                     write_manifest, writes_output)
 from pipeline.core.errors import DataError
 from pipeline.core.runtime import DEFAULT_SEED, seed_everything
 
@@ -122,6 +122,7 @@ def build_training_rows(dataset: "Dataset", encoder: "BiEncoder", *, hard_negati
     return out
 
 
+@writes_output("out_dir", "model folder")
 def train_retriever(dataset: "Dataset", out_dir: str | os.PathLike[str], *, base_model: str | os.PathLike[str] | None = None,
                     epochs: int = 2, batch_size: int = 32, learning_rate: float = 5e-5, max_seq_length: int = 64,
                     hard_negatives: bool = True, max_rows: int | None = 1536, max_steps: int = -1,
@@ -163,10 +164,10 @@ def train_retriever(dataset: "Dataset", out_dir: str | os.PathLike[str], *, base
     model = base.model
     train_ds = HFDataset.from_dict(rows)
     loss = MultipleNegativesRankingLoss(model)
-    with tempfile.TemporaryDirectory(prefix="shoprank-retriever-") as ckpt_dir:
+    with scratch_directory(out_dir) as ckpt_dir:
         args = SentenceTransformerTrainingArguments(
-            output_dir=ckpt_dir, num_train_epochs=epochs, max_steps=max_steps,
-            per_device_train_batch_size=batch_size, learning_rate=learning_rate, warmup_ratio=0.1,
+            output_dir=str(ckpt_dir), num_train_epochs=epochs, max_steps=max_steps,
+            per_device_train_batch_size=batch_size, learning_rate=learning_rate, warmup_steps=0.1,
             batch_sampler=BatchSamplers.NO_DUPLICATES, eval_strategy="epoch", save_strategy="epoch",
             save_total_limit=2, load_best_model_at_end=True, metric_for_best_model="eval_valid_score",
             greater_is_better=True, seed=seed, data_seed=seed, logging_strategy="epoch", report_to="none",

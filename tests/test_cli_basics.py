@@ -84,3 +84,18 @@ def test_manifest_roundtrip_and_mismatch(tmp_path) -> None:
         require_compatible("index", {"dim": 768}, manifest)
     with pytest.raises(ArtifactError, match="expected a model"):
         read_manifest(tmp_path, kind="model")
+
+
+def test_config_show_and_file_use_flag_names(tmp_path) -> None:
+    """pipeline.toml keys and `config show` use the names on the command line (index-type,
+    json), not Python parameter names; the Python spelling is still accepted."""
+    import json
+
+    (tmp_path / "pipeline.toml").write_text('[build-index]\nindex-type = "hnsw"\n[index.add]\njson_out = true\n',
+                                            encoding="utf-8")
+    result = _run("config", "show", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    effective = json.loads(result.stdout)["effective"]
+    assert effective["build-index"]["index-type"] == {"value": "hnsw", "source": "pipeline.toml"}
+    assert effective["index add"]["json"] == {"value": True, "source": "pipeline.toml"}
+    assert "json_out" not in effective["search"] and "json" in effective["search"]

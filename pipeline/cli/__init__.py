@@ -19,10 +19,14 @@ __all__ = ["app", "main"]
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry: run the app, mapping expected errors to one-line messages."""
-    from pipeline.config import default_map
+    from pipeline.config import config_path, default_map
 
     try:
-        defaults = default_map()
+        defaults: dict = {}
+        if config_path().is_file():
+            import typer.main
+
+            defaults = default_map(typer.main.get_command(app))
     except ShoprankError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return exc.exit_code

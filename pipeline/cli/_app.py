@@ -6,6 +6,7 @@ command functions, so `pipeline --help` stays fast.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -42,7 +43,12 @@ def print_table(rows: Sequence[Mapping[str, Any]], title: str | None = None,
             floatfmt.format(v) if isinstance(v, float) else ("" if v is None else str(v))
             for v in (row.get(c) for c in cols)
         ])
-    Console(width=max(120, Console().width)).print(table)
+    # A terminal's own width; piped or redirected output gets room for the wide score tables
+    # (rich would otherwise assume 80 columns), unless COLUMNS says otherwise.
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=120)
+    console.print(table)
 
 
 def info(message: str) -> None:

@@ -12,16 +12,14 @@ app.add_typer(config_app, name="config")
 @config_app.command("show")
 def show(json_out: bool = typer.Option(False, "--json", help="Print JSON instead of TOML.")) -> None:
     """Print the effective settings: built-in default paths, and every command's option
-    values after pipeline.toml overrides (flags given on a command line still win)."""
+    values (by flag name, as pipeline.toml takes them) after pipeline.toml overrides (flags
+    given on a command line still win)."""
     import tomli_w
     import typer.main
 
     from pipeline import config
-    from pipeline.cli._app import info
 
-    settings, unknown = config.effective_settings(typer.main.get_command(app))
-    for key in unknown:
-        info(f"warning: {config.config_path()}: '{key}' matches no command option (ignored)")
+    settings = config.effective_settings(typer.main.get_command(app))
 
     effective = {
         "config_file": str(config.config_path()) if config.config_path().is_file() else None,

@@ -102,23 +102,26 @@ def build_index_cmd(
     """Encode a catalog and write a FAISS index (atomically) with ids and a manifest.
     With --engine ray the encoding runs on Ray actors; the index is built on this machine."""
     from retrieval.encoders import load_encoder
-    from retrieval.index import build_index
+    from retrieval.index import build_index, check_build_options
 
     if engine not in ("local", "ray") or (engine == "local" and (address is not None or workers is not None)):
         from pipeline.core.errors import ShoprankError
 
         raise ShoprankError("--engine must be 'local' or 'ray'; --address and --workers need --engine ray")
-    frame = _load_catalog(catalog or DEFAULT_DATA_DIR / "catalog.parquet")
-    encoder = load_encoder(_default_model(model), backend, precision)
     params = {k: v for k, v in {"efSearch": ef_search, "nprobe": nprobe}.items() if v is not None}
+    check_build_options(index_type, factory, params)
+    catalog = catalog or DEFAULT_DATA_DIR / "catalog.parquet"
+    frame = _load_catalog(catalog)
+    encoder = load_encoder(_default_model(model), backend, precision)
     info(f"encoding {len(frame)} products with {encoder.name} ({encoder.path})")
     if engine == "ray":
         from pipeline.distributed import build_index_ray
 
         manifest = build_index_ray(frame, encoder, out, index_type, factory=factory, address=address,
-                                   workers=workers, show_progress=not json_out, **params)
+                                   workers=workers, show_progress=not json_out, catalog_path=catalog, **params)
     else:
-        manifest = build_index(frame, encoder, out, index_type, factory=factory, show_progress=not json_out, **params)
+        manifest = build_index(frame, encoder, out, index_type, factory=factory, show_progress=not json_out,
+                               catalog_path=catalog, **params)
     if json_out:
         emit_json(manifest)
     else:

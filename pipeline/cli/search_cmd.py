@@ -20,6 +20,9 @@ from pipeline.core.errors import ShoprankError
 
 _INDEX = typer.Option(DEFAULT_INDEX_DIR, "--index", help="Index directory (built by build-index or the demo).")
 _RERANKER = typer.Option(DEFAULT_RERANKER_DIR, "--reranker", help="Trained reranker directory.")
+#: search / score-logs: unset means "models/reranker if there is one"; a path given is required.
+_RERANKER_OR_DEFAULT = typer.Option(None, "--reranker", help="Trained reranker directory (default: models/reranker; "
+                                    "without one there, retrieval order with a note).")
 _CATALOG = typer.Option(None, "--catalog", help="Catalog file (default: data/sample/catalog.parquet).")
 _BACKEND = typer.Option("auto", "--backend", help="auto | onnx | torch. auto = ONNX Runtime (no torch import) "
                         "when `pipeline export-onnx` has exported both models, else PyTorch.")
@@ -56,7 +59,7 @@ def search(
     k: int = typer.Option(10, "--k", min=1, help="Results to show."),
     candidates: int = _CANDIDATES,
     index_dir: Path = _INDEX,
-    reranker: Path = _RERANKER,
+    reranker: Optional[Path] = _RERANKER_OR_DEFAULT,
     catalog: Optional[Path] = _CATALOG,
     queries_file: Optional[Path] = typer.Option(None, "--queries-file", help="Text file, one query per line."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Fusion weights, e.g. click=0.1,add_to_cart=0.3,purchase=1."),
@@ -79,7 +82,8 @@ def search(
         queries += [line for line in lines if line.strip()]
         if not queries:
             raise ShoprankError(f"{queries_file}: no queries in the file")
-    result = run_search(queries, k=k, candidates=candidates, index_dir=index_dir, reranker=reranker,
+    result = run_search(queries, k=k, candidates=candidates, index_dir=index_dir,
+                        reranker=reranker or DEFAULT_RERANKER_DIR, reranker_required=reranker is not None,
                         catalog=catalog, weights=_weights(weights), backend=backend, precision=precision)
     if json_out:
         emit_json(result)
@@ -105,7 +109,7 @@ def score_logs(
     batch_size: int = typer.Option(1024, "--batch-size", min=1, help="Input rows per part (resume granularity)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run (exactly-once)."),
     index_dir: Path = _INDEX,
-    reranker: Path = _RERANKER,
+    reranker: Optional[Path] = _RERANKER_OR_DEFAULT,
     catalog: Optional[Path] = _CATALOG,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
@@ -120,16 +124,18 @@ def score_logs(
     the same job runs on Ray actors (local or a cluster) and writes the same file."""
     from pipeline.scoring import score_logs as run
 
-    report = run(input_path, output, engine=engine, index_dir=index_dir, reranker=reranker, catalog=catalog, k=k,
-                 candidates=candidates, batch_size=batch_size, resume=resume, show_progress=progress,
-                 backend=backend, precision=precision, address=address, workers=workers)
+    report = run(input_path, output, engine=engine, index_dir=index_dir, reranker=reranker or DEFAULT_RERANKER_DIR,
+                 reranker_required=reranker is not None, catalog=catalog, k=k, candidates=candidates,
+                 batch_size=batch_size, resume=resume, show_progress=progress, backend=backend, precision=precision,
+                 address=address, workers=workers)
     _print_scoring_report(report, json_out)
 
 
 def _print_scoring_report(report: dict[str, Any], json_out: bool) -> None:
     """Notes for skipped rows on stderr, then the report as JSON or a one-row table."""
     for reason, count in report["skipped"].items():
-        info(f"note: skipped {count} row(s) with {reason} (first: row {report['first_skipped_row'][reason]})")
+        # rows counted from 1, as in every other message (the report keeps the 0-based input_row)
+        info(f"note: skipped {count} row(s) with {reason} (first: row {report['first_skipped_row'][reason] + 1})")
     if json_out:
         emit_json(report)
     else:
@@ -180,7 +186,7 @@ def evaluate(
 
     report = run(data, catalog=catalog, queries=queries, qrels=qrels, engagement=engagement, split=split,
                  index_dir=index_dir, reranker=reranker, run_dir=run_dir, candidates=candidates,
-                 systems=[s.strip() for s in systems.split(",") if s.strip()])
+                 systems=[s.strip() for s in systems.split(",") if s.strip()], progress=info)
     if json_out:
         emit_json(report)
         return

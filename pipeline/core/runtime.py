@@ -11,8 +11,10 @@ Stages (retrieval/, rerank/) may import this leaf module; it imports nothing hea
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from collections.abc import Iterator
 from types import ModuleType
 
 #: The one default seed of every command and library function (data, sampling, training).
@@ -76,3 +78,21 @@ def seed_everything(seed: int) -> None:
         import torch
 
         torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load reports / weight-loading bars (e.g. the unused pooler,
+    which we drop on purpose); real errors still raise."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()

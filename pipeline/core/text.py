@@ -50,3 +50,16 @@ def join_product_fields(values: "tuple[object, ...] | list[object]") -> str:
     """
     parts = ("" if v is None or (isinstance(v, float) and v != v) else str(v) for v in values)
     return " | ".join(p.strip() for p in parts if p and p.strip())
+
+
+def text_hash(text: str) -> int:
+    """Signed 64-bit hash of a product text, blind to whitespace differences.
+
+    An index stores one per product (the text its vector was encoded from), so a searcher
+    can tell a catalog whose products changed since indexing from the one the index was
+    built from, whatever file format or path that catalog comes in.
+    """
+    import hashlib
+
+    data = " ".join(str(text).split()).encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)

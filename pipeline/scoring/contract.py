@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,8 +22,10 @@ from pipeline.core.errors import DataError
 
 #: Parquet metadata key of the provenance block.
 METADATA_KEY = b"shoprank"
-#: Input columns a query log may carry; anything else is not read.
+#: Input columns a query log may carry; anything else is not read. All three are text,
+#: decoded as UTF-8 (or refused) before scoring reads them (:func:`decode_text_columns`).
 INPUT_COLUMNS = ("query", "query_id", "product_id")
+TableOrBatch = TypeVar("TableOrBatch", pa.Table, pa.RecordBatch)
 
 
 def output_schema(tasks: Sequence[str], metadata: Mapping[bytes, bytes] | None = None) -> pa.Schema:
@@ -44,6 +46,40 @@ def read_scored_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     if METADATA_KEY not in meta:
         raise DataError(f"{path}: not a shoprank scored file (no '{METADATA_KEY.decode()}' metadata)")
     return json.loads(meta[METADATA_KEY])
+
+
+def decode_text_columns(batch: TableOrBatch, path: Path, first_row: int) -> TableOrBatch:
+    """``batch`` with its text columns (:data:`INPUT_COLUMNS`) as valid UTF-8 strings, or a
+    one-line DataError naming the column and row (1 = first record of the log).
+
+    Why before scoring: Parquet may store text as binary (which would otherwise be searched
+    as the literal ``b'sofa'``) and the JSON reader does not check UTF-8 (which would
+    otherwise fail deep inside scoring, after the parts folder exists). ``first_row`` is the
+    0-based log row of ``batch``'s first row.
+    """
+    columns = list(batch.columns)
+    for i, name in enumerate(batch.schema.names):
+        if name not in INPUT_COLUMNS:
+            continue
+        array = columns[i]
+        is_binary = pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type)
+        if not (is_binary or pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+            continue
+        raw = array if is_binary else array.cast(pa.binary())
+        try:
+            text = raw.cast(pa.string())
+            text.validate(full=True)
+        except pa.ArrowInvalid:
+            for offset, value in enumerate(raw.to_pylist()):
+                try:
+                    (value or b"").decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataError(f"{path}: column {name!r}, row {first_row + offset + 1}: not valid UTF-8 "
+                                    f"text (byte 0x{value[exc.start]:02x})") from None
+            raise
+        columns[i] = text
+    return type(batch).from_arrays(columns, schema=pa.schema(
+        [pa.field(n, c.type) for n, c in zip(batch.schema.names, columns)]))
 
 
 def detect_mode(path: Path, columns: Sequence[str]) -> str:

@@ -6,19 +6,20 @@ the engine's result into the report. The engines only execute: ``"local"``
 (:mod:`pipeline.scoring.local`: streamed parts, exactly-once resume) or ``"ray"``
 (:mod:`pipeline.scoring.ray`: Ray Data actors). Why one function: validation, mode
 detection, provenance and the report are then written once, so the two engines cannot
-disagree on them.
+disagree on them. For the same reason the output is claimed here
+(:func:`pipeline.core.artifacts.claim_output`) for the whole run of either engine.
 """
 from __future__ import annotations
 
 import functools
 import os
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import DEFAULT_CANDIDATES
+from pipeline.core.artifacts import claim_output, temp_sibling
 from pipeline.core.errors import ShoprankError
 from pipeline.core.tasks import TASKS
 from pipeline.scoring.contract import EngineResult, ScoringJob, detect_mode
@@ -27,15 +28,19 @@ from pipeline.scoring.scorer import Scorer
 ENGINES = ("local", "ray")
 
 
-def check_output(output: Path) -> None:
-    """Fail before any work if the output cannot be written (one line, names the directory)."""
+def check_output(output: Path, input_path: Path | None = None) -> None:
+    """Fail before any work if the output cannot be written (one line, names the directory),
+    or if it is the input log itself (by any path or hard link), which would be overwritten."""
+    if input_path is not None and input_path.exists() and (
+            output.resolve() == input_path.resolve() or (output.exists() and os.path.samefile(input_path, output))):
+        raise ShoprankError(f"{output}: the output is the input log itself; write the scores to another file")
     parent = output.parent
     if output.is_dir():
         raise ShoprankError(f"{output}: output path is a directory; give a file name like scored.parquet")
     if not parent.is_dir():
         raise ShoprankError(f"{parent}: output directory does not exist")
     # A real probe, not os.access: root passes permission checks on a read-only mount.
-    probe = parent / f".{output.name}.probe-{uuid.uuid4().hex[:8]}"
+    probe = temp_sibling(output, "probe")
     try:
         probe.touch()
         probe.unlink()
@@ -69,7 +74,7 @@ def score_logs(input_path: str | os.PathLike[str], output_path: str | os.PathLik
                batch_size: int = 1024, resume: bool = False, cache_size: int = 50_000,
                show_progress: bool = True, backend: str = "auto", precision: str | None = None,
                address: str | None = None, workers: int | None = None, cpus_per_worker: float = 1.0,
-               retries: int | None = None) -> dict[str, Any]:
+               retries: int | None = None, reranker_required: bool | None = None) -> dict[str, Any]:
     """Score a query log into a Parquet file; returns a report (rows, time, throughput, models).
 
     Mode is chosen by the input's columns: with ``product_id`` each (query, product) pair
@@ -84,6 +89,11 @@ def score_logs(input_path: str | os.PathLike[str], output_path: str | os.PathLik
     local Ray), ``workers`` sets the actor count (default: cluster CPUs /
     ``cpus_per_worker``), ``retries`` bounds attempts per failed batch or dead actor; every
     path must be readable at the same place on every node.
+
+    ``reranker_required``: whether ``reranker`` was named by the user and so must exist
+    (None = any path but the default), as in :meth:`~pipeline.search.TwoStageSearcher.load`.
+    The output is claimed for the whole run: a second job writing the same file is refused
+    before it touches the first one's parts or temporaries.
     """
     _check_engine_options(engine, searcher=searcher, resume=resume, backend=backend, precision=precision,
                           address=address, workers=workers)
@@ -92,18 +102,20 @@ def score_logs(input_path: str | os.PathLike[str], output_path: str | os.PathLik
     input_path, output = Path(input_path), Path(output_path)
     if engine == "ray":  # actors on other nodes open these by path
         input_path, output = input_path.resolve(), output.resolve()
-    check_output(output)
+    check_output(output, input_path)
     common = dict(input_path=input_path, output=output, k=k, candidates=candidates, batch_size=batch_size,
                   cache_size=cache_size, show_progress=show_progress)
-    if engine == "ray":
-        job, run = _prepare_ray(common, index_dir, reranker, catalog, address=address, workers=workers,
-                                cpus_per_worker=cpus_per_worker, retries=retries)
-    else:
-        job, run = _prepare_local(common, searcher, index_dir, reranker, catalog, resume=resume,
-                                  backend=backend, precision=precision)
-    started = time.perf_counter()
-    result = run()
-    return _report(job, result, time.perf_counter() - started)
+    with claim_output(output, f"output {output}"):
+        if engine == "ray":
+            job, run = _prepare_ray(common, index_dir, reranker, catalog, reranker_required=reranker_required,
+                                    address=address, workers=workers, cpus_per_worker=cpus_per_worker,
+                                    retries=retries)
+        else:
+            job, run = _prepare_local(common, searcher, index_dir, reranker, catalog, resume=resume,
+                                      backend=backend, precision=precision, reranker_required=reranker_required)
+        started = time.perf_counter()
+        result = run()
+        return _report(job, result, time.perf_counter() - started)
 
 
 def _job(common: dict[str, Any], mode: str, searcher: Scorer) -> ScoringJob:
@@ -113,7 +125,8 @@ def _job(common: dict[str, Any], mode: str, searcher: Scorer) -> ScoringJob:
 
 
 def _prepare_local(common: dict[str, Any], searcher: Scorer | None, index_dir: Any, reranker: Any, catalog: Any,
-                   *, resume: bool, backend: str, precision: str | None) -> tuple[ScoringJob, Callable[[], EngineResult]]:
+                   *, resume: bool, backend: str, precision: str | None,
+                   reranker_required: bool | None) -> tuple[ScoringJob, Callable[[], EngineResult]]:
     """Open the log (any format) and load the searcher unless one was given."""
     from pipeline import config
     from pipeline.scoring.local import open_input, run_local
@@ -126,14 +139,15 @@ def _prepare_local(common: dict[str, Any], searcher: Scorer | None, index_dir: A
         searcher = TwoStageSearcher.load(index_dir or config.DEFAULT_INDEX_DIR,
                                          config.DEFAULT_RERANKER_DIR if reranker is None else reranker,
                                          catalog=catalog, backend=backend,
-                                         precision=precision or config.DEFAULT_PRECISION)
+                                         precision=precision or config.DEFAULT_PRECISION,
+                                         reranker_required=reranker_required)
     job = _job(common, mode, searcher)
     return job, functools.partial(run_local, job, source, searcher, resume)
 
 
-def _prepare_ray(common: dict[str, Any], index_dir: Any, reranker: Any, catalog: Any, *, address: str | None,
-                 workers: int | None, cpus_per_worker: float,
-                 retries: int | None) -> tuple[ScoringJob, Callable[[], EngineResult]]:
+def _prepare_ray(common: dict[str, Any], index_dir: Any, reranker: Any, catalog: Any, *,
+                 reranker_required: bool | None, address: str | None, workers: int | None,
+                 cpus_per_worker: float, retries: int | None) -> tuple[ScoringJob, Callable[[], EngineResult]]:
     """Read the Parquet footer and load the models once on the driver: a bad input or
     artefact fails with one line before Ray starts, and the tasks and model ids are known."""
     from pipeline import config
@@ -144,7 +158,7 @@ def _prepare_ray(common: dict[str, Any], index_dir: Any, reranker: Any, catalog:
     columns, num_rows = open_parquet_log(common["input_path"])
     mode = detect_mode(common["input_path"], columns)
     index_path, reranker_path = resolve_models(index_dir or config.DEFAULT_INDEX_DIR, reranker,
-                                               config.DEFAULT_RERANKER_DIR)
+                                               config.DEFAULT_RERANKER_DIR, reranker_required)
     job = _job(common, mode, TwoStageSearcher.load(index_path, reranker_path, catalog=catalog))
     return job, functools.partial(run_ray, job, num_rows, columns, index_dir=index_path, reranker=reranker_path,
                                   catalog=catalog, address=address, workers=workers,

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core.artifacts import atomic_parquet_writer, atomic_write_table, atomic_write_text
 from pipeline.core.errors import DataError, ShoprankError
-from pipeline.scoring.contract import INPUT_COLUMNS, EngineResult, ScoringJob
+from pipeline.scoring.contract import INPUT_COLUMNS, EngineResult, ScoringJob, decode_text_columns
 from pipeline.scoring.scorer import BatchScorer, Scorer
 
 STATE_FILE = "state.json"
@@ -85,12 +85,15 @@ def rebatch(batches: Iterator[pa.RecordBatch], size: int, path: Path) -> Iterato
     """Re-cut a batch stream into tables of exactly ``size`` rows (the last may be shorter).
 
     Fixed boundaries make part *i* mean the same input rows on every run, whatever the
-    reader's own batching; that is what makes resume exactly-once.
+    reader's own batching; that is what makes resume exactly-once. Text columns are decoded
+    (or refused with the row) as they arrive, before any batch is scored.
     """
     pending: list[pa.RecordBatch] = []
-    count = 0
+    count = seen = 0
     try:
         for batch in batches:
+            batch = decode_text_columns(batch, path, seen)
+            seen += batch.num_rows
             while batch.num_rows:
                 take = min(size - count, batch.num_rows)
                 pending.append(batch.slice(0, take))
@@ -137,6 +140,8 @@ def _prepare_parts(parts: Path, state: dict[str, Any], resume: bool) -> set[int]
                         f"{parts}: cannot resume, the {key} changed since the interrupted run "
                         f"(was {old.get(key)}, now {state[key]}); rerun without --resume"
                     )
+            for leftover in parts.glob(".*.tmp-*"):  # a killed run's half-written part (we hold the lock)
+                leftover.unlink()
             return {int(p.stem.split("-")[1]) for p in parts.glob("part-*.parquet")}
     if parts.is_dir():
         if not resume:
@@ -191,14 +196,20 @@ def run_local(job: ScoringJob, source: QueryLog, searcher: Scorer, resume: bool)
     n_batches = rows_in = scored_rows = 0
     with _progress(source.total_rows, job.show_progress) as bar:
         task = bar.add_task("scoring", total=source.total_rows, rate="-")
-        for index, table in enumerate(rebatch(source.batches, job.batch_size, job.input_path)):
-            n_batches += 1
-            if index not in done:
-                atomic_write_table(worker.score(table, rows_in), part_path(parts, index))
-                scored_rows += table.num_rows
-            rows_in += table.num_rows
-            elapsed = max(time.perf_counter() - start_time, 1e-9)
-            bar.update(task, completed=rows_in, rate=f"{scored_rows / elapsed:,.0f}")
+        try:
+            for index, table in enumerate(rebatch(source.batches, job.batch_size, job.input_path)):
+                n_batches += 1
+                if index not in done:
+                    atomic_write_table(worker.score(table, rows_in), part_path(parts, index))
+                    scored_rows += table.num_rows
+                rows_in += table.num_rows
+                elapsed = max(time.perf_counter() - start_time, 1e-9)
+                bar.update(task, completed=rows_in, rate=f"{scored_rows / elapsed:,.0f}")
+        except DataError:
+            # Unreadable input: the parts can never be resumed (fixing the file changes its
+            # fingerprint, and an unchanged file fails at the same row), so none are kept.
+            shutil.rmtree(parts, ignore_errors=True)
+            raise
     rows_out = _commit(parts, n_batches, job.output, job.schema(rows_in))
     return EngineResult(rows_in=rows_in, rows_out=rows_out, batches=n_batches, computed=worker.computed,
                         skipped=dict(worker.skipped), first_skipped_row=worker.first_skipped,

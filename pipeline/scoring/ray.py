@@ -47,7 +47,7 @@ from pipeline.core.errors import ArtifactError, DataError, ShoprankError
 from pipeline.core.tasks import TASKS
 from pipeline.distributed import (actor_pool, actor_remote_args, data_context, default_workers,
                                   maybe_inject_failure, ray_session)
-from pipeline.scoring.contract import INPUT_COLUMNS, EngineResult, ScoringJob, output_schema
+from pipeline.scoring.contract import INPUT_COLUMNS, EngineResult, ScoringJob, decode_text_columns, output_schema
 from pipeline.scoring.scorer import BatchScorer
 
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
@@ -96,15 +96,19 @@ def read_rows(path: str | os.PathLike[str], start: int, stop: int, columns: Sequ
 
 
 def resolve_models(index_dir: str | os.PathLike[str], reranker: str | os.PathLike[str] | None,
-                   default_reranker: Path) -> tuple[Path, Path | None]:
+                   default_reranker: Path, reranker_required: bool | None = None) -> tuple[Path, Path | None]:
     """Absolute model paths for the actors (every node opens them by path).
 
-    Same rule as :meth:`TwoStageSearcher.load`: only the *default* reranker path may be
-    absent; resolved, it would no longer look like the default, so absence becomes None here.
+    Same rule as :meth:`TwoStageSearcher.load`: a reranker the user named
+    (``reranker_required``; None = any path but the default) must exist, only the default
+    may be absent; resolved, it would no longer look like the default, so absence becomes
+    None here.
     """
     reranker_path = Path(default_reranker if reranker is None else reranker).resolve()
+    if reranker_required is None:
+        reranker_required = reranker is not None and Path(reranker) != Path(default_reranker)
     if not (reranker_path / "manifest.json").is_file():
-        if reranker is not None and Path(reranker) != Path(default_reranker):
+        if reranker_required:
             raise ArtifactError(f"{reranker_path}: no trained reranker here (no manifest.json)")
         return Path(index_dir).resolve(), None
     return Path(index_dir).resolve(), reranker_path
@@ -154,6 +158,7 @@ class _ScoreActor:
         table = read_rows(self.input_path, start, stop, self.columns)
         if table.num_rows != stop - start:
             raise DataError(f"{self.input_path}: expected rows {start}-{stop}, read {table.num_rows}")
+        table = decode_text_columns(table, Path(self.input_path), start)
         scorer = BatchScorer(self.searcher, self.tasks, mode=self.mode, k=self.k,
                              candidates=self.candidates, cache_size=self.cache_size, cache=self.cache)
         result = scorer.score(table, start)
