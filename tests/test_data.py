@@ -131,3 +131,24 @@ def test_engagement_qrels_grade_by_the_deepest_funnel_event() -> None:
                         "impressions": [5] * 5, "clicks": [1, 1, 1, 0, 1], "add_to_carts": [1, 1, 0, 0, 0],
                         "purchases": [1, 0, 0, 0, 0]})
     assert engagement_qrels(eng, ["a"]) == {"a": {"1": 3, "2": 2, "3": 1, "4": 0}}
+
+
+@pytest.mark.parametrize("packed", [".gz", ".bz2", ".zst"])
+def test_compressed_text_files_load_like_plain_ones(tmp_path, packed) -> None:
+    """Public datasets ship as catalog.csv.gz and friends: read them transparently."""
+    import pyarrow as pa
+
+    catalog = pd.DataFrame({"product_id": ["a", "b"], "title": ["Grey Sofa", "Red Tent"],
+                            "brand": ["x", "y"], "category": ["Sofas", "Tents"]})
+    plain = tmp_path / "catalog.csv"
+    catalog.to_csv(plain, index=False)
+    packed_path = tmp_path / "sub" / f"catalog.csv{packed}"
+    packed_path.parent.mkdir()
+    with pa.output_stream(str(packed_path), compression={".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}[packed]) as out:
+        out.write(plain.read_bytes())
+    pd.testing.assert_frame_equal(load_catalog(packed_path), load_catalog(plain))
+    assert load_dataset(packed_path.parent).catalog["product_id"].tolist() == ["a", "b"]  # found by name
+    broken = tmp_path / f"broken.csv{packed}"
+    broken.write_bytes(b"this is not compressed")
+    with pytest.raises(DataError, match="not a readable"):
+        load_catalog(broken)

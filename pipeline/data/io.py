@@ -17,6 +17,34 @@ from pipeline.core.errors import DataError
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv",
            ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+#: Whole-file compression of the text formats, read transparently (``catalog.csv.gz``), as
+#: public datasets ship them; Parquet compresses inside the file and needs none of this.
+COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
+
+
+def file_kind(path: Path) -> tuple[str | None, str | None]:
+    """(format, compression) from the file name: ``x.csv.gz`` -> ("csv", "gzip")."""
+    suffixes = [s.lower() for s in path.suffixes]
+    compression = COMPRESSIONS.get(suffixes[-1]) if suffixes else None
+    inner = suffixes[-2] if compression and len(suffixes) > 1 else (suffixes[-1] if suffixes else "")
+    return FORMATS.get(inner), compression
+
+
+def _read_bytes(path: Path, compression: str | None) -> bytes:
+    """The file's bytes, decompressed when the name says so (pyarrow's codecs), one-line errors."""
+    if compression is None:
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    import pyarrow as pa
+
+    try:
+        with pa.input_stream(str(path), compression=compression) as stream:
+            return stream.read()
+    except (pa.ArrowException, OSError) as exc:
+        detail = (str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)[:120]
+        raise DataError(f"{path}: not a readable {compression} file ({detail})") from None
 
 
 def _utf8_error(path: Path, raw: bytes, exc: UnicodeDecodeError, sep: str | None) -> DataError:
@@ -44,10 +72,12 @@ def read_table(path: str | Path, fmt: str | None = None) -> pd.DataFrame:
         raise DataError(f"{path}: file not found")
     if path.is_dir():
         raise DataError(f"{path}: is a directory, expected a data file")
-    kind = fmt or FORMATS.get(path.suffix.lower())
+    detected, compression = file_kind(path)
+    kind = fmt or detected
     if kind is None:
-        raise DataError(f"{path}: unknown file type {path.suffix!r} (use .parquet, .csv, .tsv or .jsonl)")
-    if kind == "parquet":
+        raise DataError(f"{path}: unknown file type {''.join(path.suffixes[-2:]) or path.name!r} "
+                        "(use .parquet, .csv, .tsv or .jsonl, optionally .gz, .bz2 or .zst)")
+    if kind == "parquet" and compression is None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -57,10 +87,9 @@ def read_table(path: str | Path, fmt: str | None = None) -> pd.DataFrame:
             text = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
             detail = text.split(". ")[0].split(": ")[-1][:120]
             raise DataError(f"{path}: unreadable or truncated Parquet file ({detail})") from None
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    if kind == "parquet":
+        raise DataError(f"{path}: Parquet files are compressed inside; give the .parquet file itself")
+    raw = _read_bytes(path, compression)
     sep = {"csv": ",", "tsv": "\t"}.get(kind)
     try:
         text = raw.decode("utf-8-sig") if raw.startswith(b"\xef\xbb\xbf") else raw.decode("utf-8")
@@ -114,11 +143,12 @@ def write_parquet(frame: pd.DataFrame, path: str | Path) -> None:
 
 
 def find_data_file(base: Path | None, name: str) -> Path | None:
-    """``<base>/<name>.<ext>`` for the first supported extension present (Parquet first)."""
+    """``<base>/<name>.<ext>[.gz|.bz2|.zst]`` for the first supported name present (Parquet first)."""
     if base is None:
         return None
     for suffix in (".parquet", ".csv", ".tsv", ".jsonl"):
-        if (base / f"{name}{suffix}").exists():
-            return base / f"{name}{suffix}"
+        for packed in ("", *COMPRESSIONS) if suffix != ".parquet" else ("",):
+            if (base / f"{name}{suffix}{packed}").exists():
+                return base / f"{name}{suffix}{packed}"
     return None
 
