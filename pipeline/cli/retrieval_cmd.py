@@ -12,7 +12,7 @@ from typing import Any, Optional
 import typer
 
 from pipeline.cli._app import app, emit_json, info, print_table
-from pipeline.config import DEFAULT_DATA_DIR, DEFAULT_INDEX_DIR, DEFAULT_RETRIEVER_DIR
+from pipeline.config import DEFAULT_DATA_DIR, DEFAULT_INDEX_DIR, DEFAULT_RETRIEVER_DIR, DEFAULT_SEED
 
 index_app = typer.Typer(help="Update or inspect an existing index without a full rebuild.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
@@ -58,7 +58,7 @@ def train_retriever_cmd(
     max_rows: int = typer.Option(1536, help="Depth-weighted training rows sampled (the CPU budget knob)."),
     learning_rate: float = typer.Option(5e-5, help="Peak learning rate."),
     hard_negatives: bool = typer.Option(True, "--hard-negatives/--no-hard-negatives", help="Mine one hard negative per pair."),
-    seed: int = typer.Option(13, help="Random seed."),
+    seed: int = typer.Option(DEFAULT_SEED, help="Random seed."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Fine-tune the bi-encoder on engagement; print validation per epoch (test: `pipeline evaluate`)."""
