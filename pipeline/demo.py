@@ -178,7 +178,7 @@ def run_demo(workdir: str | os.PathLike[str] = ".", *, quick: bool = False, seed
         scored = score_logs(log_path, runs / "scored.parquet", searcher=searcher, k=10,
                             candidates=budget.candidates, batch_size=256, show_progress=progress)
     with _timed(timings, "export reranker (onnx)"):
-        # so that `pipeline search` afterwards runs on ONNX Runtime: ~1 s cold instead of ~10 s
+        # so that `pipeline search` afterwards runs on ONNX Runtime, which starts far faster than torch
         export_onnx(None, reranker_dir)
     try_query = examples[0]["query"] if examples else dataset.split_queries("test")[0]
     return {

@@ -9,6 +9,15 @@ config_app = typer.Typer(help="Show the effective configuration.", no_args_is_he
 app.add_typer(config_app, name="config")
 
 
+def _defaults() -> dict[str, object]:
+    """The built-in default paths and seed (what a command uses when nothing overrides it)."""
+    from pipeline import config
+
+    return {"data_dir": str(config.DEFAULT_DATA_DIR), "retriever": str(config.DEFAULT_RETRIEVER_DIR),
+            "reranker": str(config.DEFAULT_RERANKER_DIR), "domain_bert": str(config.DEFAULT_DOMAIN_BERT_DIR),
+            "index": str(config.DEFAULT_INDEX_DIR), "seed": config.DEFAULT_SEED}
+
+
 @config_app.command("show")
 def show(json_out: bool = typer.Option(False, "--json", help="Print JSON instead of TOML.")) -> None:
     """Print the effective settings: built-in default paths, and every command's option
@@ -20,17 +29,9 @@ def show(json_out: bool = typer.Option(False, "--json", help="Print JSON instead
     from pipeline import config
 
     settings = config.effective_settings(typer.main.get_command(app))
-
     effective = {
         "config_file": str(config.config_path()) if config.config_path().is_file() else None,
-        "defaults": {
-            "data_dir": str(config.DEFAULT_DATA_DIR),
-            "retriever": str(config.DEFAULT_RETRIEVER_DIR),
-            "reranker": str(config.DEFAULT_RERANKER_DIR),
-            "domain_bert": str(config.DEFAULT_DOMAIN_BERT_DIR),
-            "index": str(config.DEFAULT_INDEX_DIR),
-            "seed": config.DEFAULT_SEED,
-        },
+        "defaults": _defaults(),
         "commands": config.load_config(),
         "effective": settings,
     }

@@ -53,6 +53,20 @@ def _hit_rows(hits: list[dict[str, Any]], tasks: list[str]) -> tuple[list[dict[s
     return hits, cols
 
 
+def _gather_queries(query: Optional[str], queries_file: Optional[Path]) -> list[str]:
+    """The query argument plus the non-blank lines of --queries-file (UTF-8), in that order."""
+    queries: list[str] = [] if query is None else [query]
+    if queries_file is not None:
+        try:
+            lines = queries_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ShoprankError(f"{queries_file}: cannot read queries file ({getattr(exc, 'strerror', None) or exc.__class__.__name__})") from None
+        queries += [line for line in lines if line.strip()]
+        if not queries:
+            raise ShoprankError(f"{queries_file}: no queries in the file")
+    return queries
+
+
 @app.command("search")
 def search(
     query: Optional[str] = typer.Argument(None, help="What the shopper typed."),
@@ -71,18 +85,7 @@ def search(
     add-to-cart / purchase probabilities. Without a trained reranker, shows retrieval order."""
     from pipeline.search import MAX_QUERY_CHARS, run_search
 
-    queries: list[str] = []
-    if query is not None:
-        queries.append(query)
-    if queries_file is not None:
-        try:
-            lines = queries_file.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ShoprankError(f"{queries_file}: cannot read queries file ({getattr(exc, 'strerror', None) or exc.__class__.__name__})") from None
-        queries += [line for line in lines if line.strip()]
-        if not queries:
-            raise ShoprankError(f"{queries_file}: no queries in the file")
-    result = run_search(queries, k=k, candidates=candidates, index_dir=index_dir,
+    result = run_search(_gather_queries(query, queries_file), k=k, candidates=candidates, index_dir=index_dir,
                         reranker=reranker or DEFAULT_RERANKER_DIR, reranker_required=reranker is not None,
                         catalog=catalog, weights=_weights(weights), backend=backend, precision=precision)
     if json_out:

@@ -186,8 +186,7 @@ def make_session(graph: Path, threads: int | None = None) -> Any:
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     # No busy-waiting between runs: in search, ORT alternates with faiss's OpenMP threads on
-    # the same cores, and spinning ORT threads doubled retrieval latency (42 -> 18 ms p50 at
-    # 100k products; warm search with 25 candidates 104 -> 70 ms) in benchmarks/search_speed.py.
+    # the same cores, and spinning ORT threads steal them (measured in benchmarks/search_speed.py).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(graph), sess_options=options, providers=["CPUExecutionProvider"])
