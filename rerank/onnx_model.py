@@ -99,7 +99,7 @@ class OnnxCrossEncoder:
         if len(queries) != len(product_texts):
             raise ValueError(f"{len(queries)} queries for {len(product_texts)} product texts")
         length = max_length or self.tokenizer.max_length
-        if length not in self._tokenizers:  # built once: reading tokenizer.json costs ~20 ms
+        if length not in self._tokenizers:  # built once: reading tokenizer.json is not free
             self._tokenizers[length] = self.tokenizer.with_max_length(length)
         tokenizer = self._tokenizers[length]
         out = np.zeros((len(queries), len(self.tasks)), dtype=np.float32)

@@ -72,8 +72,8 @@ def default_factory(index_type: str, n: int, dim: int, **params: Any) -> tuple[s
         nlist = int(params.get("nlist") or max(1, min(int(4 * math.sqrt(max(n, 1))), n // 39 or 1)))
         m = int(params.get("pq_m") or next(c for c in (48, 32, 24, 16, 12, 8, 6, 4, 3, 2, 1) if dim % c == 0))
         nbits = int(params.get("pq_bits") or (8 if n >= 256 * 39 else 4))
-        # "np": skip polysemous training — search never uses those codes, and it cost ~110 s
-        # of a 125 s build at 10k vectors (benchmarks/index_recall.py)
+        # "np": skip polysemous training — search never uses those codes, and it dominated the
+        # build time (benchmarks/index_recall.py)
         return f"IVF{nlist},PQ{m}x{nbits}np,RFlat", {
             "nprobe": int(params.get("nprobe") or max(1, min(nlist, max(16, nlist // 4)))),
             "k_factor": float(params.get("k_factor", 4.0)),

@@ -26,7 +26,7 @@ from pipeline.core.cache import LRUCache
 from pipeline.core.onnx import (FastTokenizer, export_module, length_sorted_batches, load_export,
                                    make_session, run_session, write_export)
 
-#: Query vectors kept by default (~1.5 KiB each at 384-d: 10k queries ≈ 15 MiB).
+#: Query vectors kept by default (one float32 vector per distinct query).
 DEFAULT_CACHE_SIZE = 10_000
 
 
