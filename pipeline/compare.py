@@ -86,13 +86,6 @@ def _retriever(dataset: Dataset, work: Path, index_dir: Path | None, retriever_d
     return Retriever.load(work / "index", encoder), info
 
 
-def _by_query(queries: Sequence[str]) -> dict[str, list[int]]:
-    rows: dict[str, list[int]] = {}
-    for i, q in enumerate(queries):
-        rows.setdefault(q, []).append(i)
-    return rows
-
-
 def within_query_auc(queries: Sequence[str], labels: np.ndarray, scores: np.ndarray) -> float:
     """Mean over queries of the AUC among that query's rows (queries with one class skipped).
 
@@ -100,8 +93,9 @@ def within_query_auc(queries: Sequence[str], labels: np.ndarray, scores: np.ndar
     all pairs would reward learning which queries convert, not which products do.
     """
     from pipeline.core import metrics
+    from rerank.fusion import rows_by_query
 
-    values = [metrics.auc(labels[idx], scores[idx]) for idx in _by_query(queries).values()]
+    values = [metrics.auc(labels[idx], scores[idx]) for idx in rows_by_query(queries).values()]
     values = [v for v in values if not np.isnan(v)]
     return float(np.mean(values)) if values else float("nan")
 
@@ -112,6 +106,7 @@ class _Split:
 
     def __init__(self, dataset: Dataset, retriever: Any, queries: Sequence[str], candidates: int,
                  qrels: Mapping[str, Mapping[str, int]]) -> None:
+        from pipeline.blend import retriever_prior
         from rerank.data import build_eval_pairs, text_lookup
 
         self.queries = [q for q in queries if q in qrels]
@@ -126,19 +121,15 @@ class _Split:
         eng = dataset.engagement
         shown = eng[eng["query"].isin(set(self.queries)) & eng["product_id"].astype(str).isin(texts.keys())]
         self.shown_queries = shown["query"].astype(str).tolist()
-        self.shown_texts = [texts[str(p)] for p in shown["product_id"]]
+        shown_ids = shown["product_id"].astype(str).tolist()
+        self.shown_texts = [texts[p] for p in shown_ids]
         self.shown_labels = {t: shown[COUNT_COLUMNS[t]].to_numpy() > 0 for t in TASKS}
-        encoder = retriever.encoder
-        qv = encoder.encode_queries(self.shown_queries)
-        pv = encoder.encode_products(self.shown_texts, show_progress=False)
-        self.shown_retrieval = np.einsum("ij,ij->i", qv, pv)
+        self.shown_retrieval = retriever_prior(retriever, dataset.catalog)(self.shown_queries, shown_ids)
 
     def per_query(self, score: np.ndarray) -> dict[str, float]:
         from pipeline.core import metrics
 
-        run: dict[str, dict[str, float]] = {}
-        for q, p, s in zip(self.pairs["query"], self.pairs["product_id"], score):
-            run.setdefault(q, {})[p] = float(s)
+        run = metrics.run_from_pairs(self.pairs["query"], self.pairs["product_id"], score)
         return metrics.per_query(run, self.qrels, ("nDCG@10",))["nDCG@10"]
 
     def retrieval_row(self) -> dict[str, Any]:

@@ -25,10 +25,7 @@ from rerank.heads import TASKS
 
 
 def _run(pairs: pd.DataFrame, scores: np.ndarray) -> dict[str, dict[str, float]]:
-    run: dict[str, dict[str, float]] = {}
-    for q, pid, s in zip(pairs["query"], pairs["product_id"], scores):
-        run.setdefault(q, {})[pid] = float(s)
-    return run
+    return metrics.run_from_pairs(pairs["query"], pairs["product_id"], scores)
 
 
 def ranking_metrics(pairs: pd.DataFrame, score: np.ndarray,

@@ -92,15 +92,20 @@ def blend(rerank_score: Sequence[float] | np.ndarray, retrieval_score: Sequence[
     return alpha * zscore(rerank) + (1.0 - alpha) * zscore(retrieval)
 
 
+def rows_by_query(queries: Sequence[str]) -> dict[str, list[int]]:
+    """Row positions of each query in a flat, pair-aligned array (first-seen order)."""
+    rows: dict[str, list[int]] = {}
+    for i, q in enumerate(queries):
+        rows.setdefault(q, []).append(i)
+    return rows
+
+
 def blend_by_query(queries: Sequence[str], rerank_score: Sequence[float] | np.ndarray,
                    retrieval_score: Sequence[float] | np.ndarray, alpha: float) -> np.ndarray:
     """:func:`blend` applied to every query's rows of flat (pair-aligned) arrays."""
     rerank, retrieval = np.asarray(rerank_score, dtype=np.float64), np.asarray(retrieval_score, dtype=np.float64)
     out = np.zeros(len(rerank), dtype=np.float64)
-    rows: dict[str, list[int]] = {}
-    for i, q in enumerate(queries):
-        rows.setdefault(q, []).append(i)
-    for idx in rows.values():
+    for idx in rows_by_query(queries).values():
         out[idx] = blend(rerank[idx], retrieval[idx], alpha)
     return out
 
@@ -125,12 +130,8 @@ def fit_alpha(queries: Sequence[str], product_ids: Sequence[str], rerank_score: 
     sub = {q: dict(qrels[q]) for q in judged}
     by_alpha: dict[float, float] = {}
     for alpha in sorted({float(a) for a in grid}):
-        scores = blend_by_query(queries, rerank_score, retrieval_score, alpha)
-        run: dict[str, dict[str, float]] = {}
-        for q, pid, s in zip(queries, product_ids, scores):
-            if q in judged:
-                run.setdefault(q, {})[str(pid)] = float(s)
-        by_alpha[alpha] = metrics.aggregate(run, sub, (measure,))[measure]
+        run = metrics.run_from_pairs(queries, product_ids, blend_by_query(queries, rerank_score, retrieval_score, alpha))
+        by_alpha[alpha] = metrics.aggregate(run, sub, (measure,))[measure]  # unjudged queries are ignored
     top = max(by_alpha.values())
     plateau = sorted(a for a, v in by_alpha.items() if v >= top - 1e-12)
     best = plateau[(len(plateau) - 1) // 2]

@@ -95,6 +95,14 @@ def auc(labels: Sequence[float], scores: Sequence[float]) -> float:
     return float(roc_auc_score(y, np.asarray(scores, dtype=float)))
 
 
+def run_from_pairs(queries: Sequence[str], ids: Sequence[str], scores: Sequence[float]) -> dict[str, dict[str, float]]:
+    """Build a run dict from flat, pair-aligned (query, id, score) arrays."""
+    run: dict[str, dict[str, float]] = {}
+    for q, d, s in zip(queries, ids, scores):
+        run.setdefault(q, {})[str(d)] = float(s)
+    return run
+
+
 def run_from_ranked(queries: Sequence[str], ids: Sequence[Sequence[str]],
                     scores: Sequence[Sequence[float]]) -> dict[str, dict[str, float]]:
     """Build a run dict from per-query ranked id lists and their scores."""
