@@ -34,6 +34,13 @@ def test_missing_data_dir_is_one_line_error(tmp_path: Path) -> None:
     _one_line_error(_run("compare-rerankers", "--data", "nowhere", cwd=tmp_path), "nowhere")
 
 
+def test_prior_weight_without_an_index_is_one_line_error(tiny_data_dir: Path, tmp_path: Path) -> None:
+    """The retriever-order prior needs a retriever; without --index it is refused before training."""
+    proc = _run("train-reranker", "--data", str(tiny_data_dir), "--prior-weight", "1", "--out", "m", cwd=tmp_path)
+    _one_line_error(proc, "needs a prior")
+    assert not (tmp_path / "m").exists()
+
+
 def test_bad_options_are_one_line_errors(tiny_data_dir: Path, tmp_path: Path) -> None:
     proc = _run("train-reranker", "--data", str(tiny_data_dir), "--architecture", "transformer-xl",
                 "--out", "m", cwd=tmp_path)
