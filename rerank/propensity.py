@@ -4,14 +4,25 @@ Clicks confound relevance with position: a product shown first is clicked more b
 is seen more. Training on raw clicks teaches the reranker the production ranker's order.
 The position-based click model (PBM) separates the two,
 
-    P(click | q, d, pos) = theta_pos * gamma_{q,d},
+    P(click | q, d, pos) = theta_pos * gamma_{q,d}.
 
-and is fitted here by expectation-maximisation (Wang et al., WSDM 2018, "Position bias
-estimation for unbiased learning to rank in personal search"). A free relevance gamma per
-(query, product) is identifiable because the production ranker's per-session noise shows
-the same pair at several positions: the pair's clicks across those positions pin down the
-ratios theta_i / theta_j. The fit works on aggregated counts, so each EM step is a handful
-of weighted sums over rows rather than a pass over individual impressions.
+A per-position log shows the same (query, product) pair at several positions, because the
+production ranker's per-session noise moves it around; the pair's clicks across those
+positions pin down the ratios theta_i / theta_j. Two estimators are offered:
+
+* ``"conditional"`` (the default for per-position logs): conditional on a pair's total
+  clicks, their split over positions does not involve gamma, since
+  E[clicks at k] = n_k * theta_k * gamma and E[all clicks] = gamma * sum_j n_j * theta_j.
+  Solving the resulting estimating equations (a Poisson / multinomial conditional
+  likelihood, fitted by a fixed-point iteration) removes the per-pair nuisance parameter
+  altogether. With a handful of impressions per pair, which is what real logs hold,
+  it stays consistent where the joint fit does not.
+* ``"em"``: the joint maximum likelihood of theta and one gamma per pair by
+  expectation-maximisation (Wang et al., WSDM 2018). Each pair's gamma is fitted to its
+  own few impressions, and that overfitting leaks into theta (the Neyman-Scott problem):
+  on the sample world it overstates every position's propensity relative to position 1 by
+  several percent. It is kept for comparison and for the mean-position fallback, where the
+  relevance is one gamma per query.
 
 ``ipw_weights`` turns the estimate into inverse-propensity weights for clicked rows and
 ``compare_to_truth`` checks it against known propensities (the simulator's).
@@ -28,6 +39,7 @@ from pipeline.core.errors import DataError
 
 REQUIRED_COLUMNS = ("query", "product_id", "position", "impressions", "clicks")
 InputKind = Literal["per_position", "mean_position"]
+Method = Literal["conditional", "em"]
 
 # Keeps 1 - theta * gamma away from 0 so the E-step's posterior never divides by zero.
 _EPS = 1e-6
@@ -44,6 +56,9 @@ class PropensityEstimate:
     Positions with no impressions stay NaN rather than being guessed, so a caller cannot
     mistake an extrapolation for a measurement; ``ipw_weights`` interpolates across them.
 
+    ``method`` names the estimator (module docstring); ``log_likelihood`` is that
+    estimator's objective, so values are comparable only between fits of one method.
+
     ``input_kind`` says which evidence was used: ``"per_position"`` (a pair's impressions
     split by the position they occurred at, the unbiased case) or ``"mean_position"``
     (one row per pair with a mean position; see ``estimate_propensities`` for its bias).
@@ -56,6 +71,7 @@ class PropensityEstimate:
     log_likelihood: float
     input_kind: InputKind
     anchor: int = 1
+    method: Method = "em"
 
     @property
     def positions(self) -> np.ndarray:
@@ -115,20 +131,26 @@ def _input_kind(frame: pd.DataFrame) -> InputKind:
 
 
 def estimate_propensities(log: pd.DataFrame, max_position: int = 20, iterations: int = 1000,
-                          seed: int = 0, tol: float = 1e-10) -> PropensityEstimate:
-    """Fit a position-based click model by EM and return theta per position (theta_1 = 1).
+                          seed: int = 0, tol: float = 1e-10,
+                          method: Method | None = None) -> PropensityEstimate:
+    """Fit a position-based click model and return theta per position (theta_1 = 1).
+
+    ``method`` is ``"conditional"`` or ``"em"`` (module docstring); ``None`` picks
+    ``"conditional"`` for per-position logs and ``"em"`` for the mean-position fallback,
+    whose one row per pair leaves nothing to condition on.
 
     ``log`` has ``query``, ``product_id``, ``position`` (1-based), ``impressions`` and
     ``clicks``. Rows beyond ``max_position`` are ignored: the tail is sparse and the
-    reranker's weights only need the shown slots. ``seed`` draws the initial theta and
+    reranker's weights only need the shown slots. ``seed`` draws EM's initial theta and
     gamma (EM converges to the same ratios from any interior start; the seed keeps reruns
     bit-identical). EM stops after ``iterations`` steps or when the log-likelihood improves
-    by less than ``tol`` relative to its size.
+    by less than ``tol`` relative to its size; the conditional fit when no theta moves by
+    more than ``sqrt(tol)``.
 
     Input kinds (reported as ``input_kind``):
 
     * ``"per_position"``: a pair appears on several rows, one per position it was shown at.
-      Relevance is one gamma per (query, product): the unbiased estimator.
+      Relevance is one gamma per (query, product), which the conditional fit removes.
     * ``"mean_position"``: aggregated engagement, one row per pair with its *mean* shown
       position, which is rounded. This is biased twice over. A mean hides the spread of
       positions a pair was actually shown at, so clicks earned at position 2 and 8 are booked
@@ -158,8 +180,65 @@ def estimate_propensities(log: pd.DataFrame, max_position: int = 20, iterations:
     if not has_data.any():
         raise DataError(f"impression log: no impressions at positions 1..{max_position}")
     anchor = int(np.flatnonzero(has_data)[0])
-    item_n = np.bincount(item, weights=n)
 
+    chosen: Method = method or ("em" if kind == "mean_position" else "conditional")
+    if chosen not in ("conditional", "em"):
+        raise DataError(f"propensity method must be 'conditional' or 'em', got {chosen!r}")
+    if chosen == "conditional" and kind == "mean_position":
+        raise DataError("propensity method 'conditional' needs a per-position log "
+                        "(pairs repeated across positions); use 'em' for mean positions")
+    fit = _fit_conditional if chosen == "conditional" else _fit_em
+    theta, steps, converged, ll = fit(pos, n, c, item, has_data, max_position, iterations, tol, seed)
+    if not (np.isfinite(theta[anchor]) and theta[anchor] > 0):
+        raise DataError(f"impression log: no clicks at position {anchor + 1}, so no propensity "
+                        "can be expressed relative to it")
+    return PropensityEstimate(theta=theta / theta[anchor], impressions=impressions.astype(np.int64),
+                              iterations=steps, converged=converged, log_likelihood=ll,
+                              input_kind=kind, anchor=anchor + 1, method=chosen)
+
+
+def _fit_conditional(pos: np.ndarray, n: np.ndarray, c: np.ndarray, item: np.ndarray,
+                     has_data: np.ndarray, max_position: int, iterations: int, tol: float,
+                     seed: int) -> tuple[np.ndarray, int, bool, float]:
+    """Solve the conditional estimating equations by fixed-point iteration.
+
+    For position k: sum over pairs of clicks at k equals sum over pairs of
+    C_i * n_ik * theta_k / S_i, with C_i a pair's total clicks and S_i = sum_j n_ij theta_j.
+    Each step sets theta_k to the ratio of those sums (the minorise-maximise step of the
+    multinomial likelihood), which increases that likelihood monotonically. Positions whose
+    pairs were never clicked are unidentified and stay NaN. ``seed`` is unused: the
+    iteration starts from a flat curve and is deterministic.
+    """
+    total = np.bincount(item, weights=c)
+    clicked = np.bincount(pos, weights=c, minlength=max_position)
+    theta = np.where(has_data, 1.0, 0.0)
+    converged = False
+    steps = 0
+    for steps in range(1, iterations + 1):
+        exposure = np.bincount(item, weights=n * theta[pos])
+        share = np.divide(total[item] * n, exposure[item], out=np.zeros_like(n, dtype=np.float64),
+                          where=exposure[item] > 0)
+        expected = np.bincount(pos, weights=share, minlength=max_position)
+        new = np.divide(clicked, expected, out=np.zeros(max_position), where=expected > 0)
+        new = new / max(float(new.max()), _EPS)
+        done = np.max(np.abs(new - theta)) <= tol ** 0.5
+        theta = new
+        if done:
+            converged = True
+            break
+    exposure = np.bincount(item, weights=n * theta[pos])
+    rate = np.divide(n * theta[pos], exposure[item], out=np.ones_like(n, dtype=np.float64),
+                     where=exposure[item] > 0)
+    ll = float(np.sum(c * np.log(np.clip(rate, _EPS, None))))
+    identified = has_data & (np.bincount(pos, weights=(total[item] > 0) * n, minlength=max_position) > 0)
+    return np.where(identified, theta, np.nan), steps, converged, ll
+
+
+def _fit_em(pos: np.ndarray, n: np.ndarray, c: np.ndarray, item: np.ndarray, has_data: np.ndarray,
+            max_position: int, iterations: int, tol: float, seed: int) -> tuple[np.ndarray, int, bool, float]:
+    """Joint maximum likelihood of theta and one gamma per item by EM (module docstring)."""
+    impressions = np.bincount(pos, weights=n, minlength=max_position)
+    item_n = np.bincount(item, weights=n)
     rng = np.random.default_rng(seed)
     theta = np.where(has_data, rng.uniform(0.2, 0.8, max_position), np.nan)
     gamma = rng.uniform(0.2, 0.8, len(item_n))
@@ -183,9 +262,7 @@ def estimate_propensities(log: pd.DataFrame, max_position: int = 20, iterations:
             converged = True
             break
         prev_ll = ll
-    return PropensityEstimate(theta=theta / theta[anchor], impressions=impressions.astype(np.int64),
-                              iterations=steps, converged=converged, log_likelihood=ll,
-                              input_kind=kind, anchor=anchor + 1)
+    return theta, steps, converged, ll
 
 
 def _log_likelihood(p: np.ndarray, n: np.ndarray, c: np.ndarray) -> float:

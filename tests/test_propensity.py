@@ -48,10 +48,11 @@ def pbm_log() -> pd.DataFrame:
     return simulate_pbm_log()
 
 
-def test_em_recovers_simulator_propensities(pbm_log: pd.DataFrame) -> None:
+@pytest.mark.parametrize("method", ["conditional", "em"])
+def test_estimator_recovers_simulator_propensities(pbm_log: pd.DataFrame, method: str) -> None:
     assert pbm_log.duplicated(["query", "product_id"]).any()
-    est = estimate_propensities(pbm_log, max_position=SLOTS, seed=0)
-    assert est.input_kind == "per_position"
+    est = estimate_propensities(pbm_log, max_position=SLOTS, seed=0, method=method)
+    assert est.input_kind == "per_position" and est.method == method
     assert est.theta[0] == pytest.approx(1.0)
     assert est.impressions.sum() == pbm_log["impressions"].sum()
     report = compare_to_truth(est, true_propensity, positions=10)
@@ -64,12 +65,31 @@ def test_em_recovers_simulator_propensities(pbm_log: pd.DataFrame) -> None:
     assert np.max(np.abs(naive - true_propensity(np.arange(1, 11))) / true_propensity(np.arange(1, 11))) > 0.10
 
 
+def test_conditional_is_the_per_position_default_and_converges(pbm_log: pd.DataFrame) -> None:
+    est = estimate_propensities(pbm_log, max_position=SLOTS)
+    assert est.method == "conditional" and est.converged and est.iterations < 200
+
+
+def test_conditional_removes_the_few_impressions_bias() -> None:
+    """With few sessions per query each pair's own gamma overfits and EM's curve drifts
+    upward relative to position 1; the conditional fit, which never estimates gamma, stays
+    close to the truth on the same log."""
+    log = simulate_pbm_log(n_queries=1500, sessions=12, seed=11)
+    truth = true_propensity(np.arange(1, 11))
+    errors = {m: (estimate_propensities(log, max_position=SLOTS, method=m, iterations=3000).theta[:10] - truth)
+              / truth for m in ("conditional", "em")}
+    assert np.abs(errors["conditional"]).mean() < np.abs(errors["em"]).mean()
+    assert np.abs(errors["conditional"]).max() < 0.10, errors
+
+
 def test_estimate_is_reproducible_and_marks_empty_positions(pbm_log: pd.DataFrame) -> None:
     small = pbm_log[pbm_log["query"].isin([str(q) for q in range(30)])]
-    a = estimate_propensities(small, max_position=SLOTS + 5, seed=3, iterations=50)
-    b = estimate_propensities(small, max_position=SLOTS + 5, seed=3, iterations=50)
+    a = estimate_propensities(small, max_position=SLOTS + 5, seed=3, iterations=50, method="em")
+    b = estimate_propensities(small, max_position=SLOTS + 5, seed=3, iterations=50, method="em")
     np.testing.assert_array_equal(a.theta, b.theta)
     assert a.iterations == 50 and not a.converged
+    c = estimate_propensities(small, max_position=SLOTS + 5)
+    assert np.isnan(c.theta[SLOTS:]).all()
     assert np.isnan(a.theta[SLOTS:]).all() and (a.impressions[SLOTS:] == 0).all()
     assert np.isfinite(a.log_likelihood)
 
@@ -124,6 +144,11 @@ def test_bad_input_raises_one_line_data_error(bad: pd.DataFrame) -> None:
     with pytest.raises(DataError) as info:
         estimate_propensities(bad)
     assert "\n" not in str(info.value)
+
+
+def test_conditional_refuses_a_mean_position_log() -> None:
+    with pytest.raises(DataError, match="per-position"):
+        estimate_propensities(_GOOD.iloc[:1], method="conditional")
 
 
 def test_ipw_rejects_bad_arguments() -> None:

@@ -91,15 +91,16 @@ def estimate_propensity(
                              help="Per-position impression log (query, product_id, position, impressions, clicks)."),
     max_position: int = typer.Option(20, "--max-position", min=1, help="Deepest position to estimate."),
     simulator: bool = typer.Option(False, "--against-simulator", help="Compare with the sample world's true propensities."),
+    method: Optional[str] = typer.Option(None, "--method", help="conditional (per-position default) or em (joint fit)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Estimate the examination propensity per position (position-based click model, EM)."""
+    """Estimate the examination propensity per position (position-based click model)."""
     from pipeline.world.simulate import propensity_report
 
-    report = propensity_report(log, max_position=max_position, against_simulator=simulator)
+    report = propensity_report(log, max_position=max_position, against_simulator=simulator, method=method)
     if json_out:
         emit_json(report)
         return
-    print_table(report["positions"], title=f"examination propensity from {log} ({report['input']} input)")
+    print_table(report["positions"], title=f"examination propensity from {log} ({report['input']} input, {report['method']})")
     if "max_relative_error_1_10" in report:
         typer.echo(f"largest relative error against the simulator, positions 1-10: {report['max_relative_error_1_10']:.3f}")

@@ -247,7 +247,7 @@ def engagement_from_labels(qrels: str | Path, catalog: str | Path, out: str | Pa
 
 
 def propensity_report(log: str | Path, *, max_position: int = 20, against_simulator: bool = False,
-                      seed: int = DEFAULT_SEED) -> dict:
+                      seed: int = DEFAULT_SEED, method: str | None = None) -> dict:
     """`pipeline estimate-propensity`: examination propensity per position, fitted on a log.
 
     ``log`` is a per-position impression log (``positions.parquet`` of the sample world, or a
@@ -259,10 +259,11 @@ def propensity_report(log: str | Path, *, max_position: int = 20, against_simula
     from pipeline.data import load_position_log
     from rerank.propensity import compare_to_truth, estimate_propensities
 
-    est = estimate_propensities(load_position_log(log), max_position=max_position, seed=seed)
+    est = estimate_propensities(load_position_log(log), max_position=max_position, seed=seed,
+                                method=method)  # type: ignore[arg-type]
     rows = [{"position": int(p), "propensity": float(t), "impressions": int(n)}
             for p, t, n in zip(est.positions, est.theta, est.impressions)]
-    report: dict = {"log": str(log), "input": est.input_kind, "anchor_position": int(est.anchor),
+    report: dict = {"log": str(log), "input": est.input_kind, "method": est.method, "anchor_position": int(est.anchor),
                     "iterations": int(est.iterations), "converged": bool(est.converged), "positions": rows}
     if against_simulator:
         power = UserModel().examine_power
