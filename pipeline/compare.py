@@ -46,6 +46,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "mmoe_funnel_pointwise": {"objective": "pointwise"},
     "mmoe_funnel_listwise": {"objective": "listwise"},
     "mmoe_funnel_ipw": {"debias": "ipw"},
+    "mmoe_funnel_pal": {"debias": "pal"},
     "mmoe_funnel_minilm": {"init": "minilm"},
     "mmoe_funnel_prior": {"prior_weight": 1.0},
 }

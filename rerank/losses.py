@@ -121,10 +121,7 @@ class MultiTaskLoss(nn.Module):
         """One task's combined loss (1-D inputs)."""
         loss = logp.sum() * 0.0
         if self.prior_weight and prior is not None:
-            if groups is None:
-                raise ValueError("the prior term needs query groups in the batch")
-            target = torch.exp((prior - prior.max()) / self.prior_temperature)
-            loss = loss + self.prior_weight * listwise_softmax_ce(logp, target, groups)
+            loss = loss + self._prior_term(logp, groups, prior)
         if self.point_weight:
             loss = loss + self.point_weight * weighted_bce(logp, labels, weights)
         if self.rank_weight:
@@ -133,10 +130,25 @@ class MultiTaskLoss(nn.Module):
             loss = loss + self.rank_weight * listwise_softmax_ce(logp, labels, groups)
         return loss
 
+    def _prior_term(self, logp: torch.Tensor, groups: torch.Tensor | None,
+                    prior: torch.Tensor | None) -> torch.Tensor:
+        """ListNet towards the softmax of the retriever's similarity (0 without a prior)."""
+        if prior is None:
+            return logp.sum() * 0.0
+        if groups is None:
+            raise ValueError("the prior term needs query groups in the batch")
+        target = torch.exp((prior - prior.max()) / self.prior_temperature)
+        return self.prior_weight * listwise_softmax_ce(logp, target, groups)
+
     def forward(self, logp: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
-                groups: torch.Tensor | None = None,
-                prior: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        per_task = torch.stack([self.task_loss(logp[:, t], labels[:, t], weights, groups, prior)
+                groups: torch.Tensor | None = None, prior: torch.Tensor | None = None,
+                log_examination: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``log_examination`` (n,), from :class:`rerank.pal.PositionTower`, is added to every
+        task's log-probability in the engagement terms only: the logs observed examined
+        engagement, the prior term is about relevance."""
+        observed = logp if log_examination is None else logp + log_examination[:, None]
+        per_task = torch.stack([self.task_loss(observed[:, t], labels[:, t], weights, groups, None)
+                                + (self._prior_term(logp[:, t], groups, prior) if self.prior_weight else 0.0)
                                 for t in range(len(self.tasks))])
         if self.log_vars is not None:
             total = (torch.exp(-self.log_vars) * per_task * self.task_weights + self.log_vars).sum()

@@ -43,15 +43,19 @@ from rerank.evaluation import EngagementEvaluator
 from rerank.heads import TASKS
 from rerank.losses import OBJECTIVES, MultiTaskLoss
 from rerank.model import HeadConfig, MultiTaskCrossEncoder
+from rerank.pal import PositionTower
 
 
 class _TrainModule(nn.Module):
-    """Model + loss in one module so the optimiser also sees learned loss weights."""
+    """Model + loss (+ PAL's position tower) in one module, so the optimiser also sees the
+    learned loss weights and the tower, while only ``model`` is saved."""
 
-    def __init__(self, model: MultiTaskCrossEncoder, loss: MultiTaskLoss) -> None:
+    def __init__(self, model: MultiTaskCrossEncoder, loss: MultiTaskLoss,
+                 position_tower: PositionTower | None = None) -> None:
         super().__init__()
         self.model = model
         self.loss = loss
+        self.position_tower = position_tower
 
     def forward(self, **batch: torch.Tensor) -> torch.Tensor:  # Trainer never calls it; compute_loss does
         return self.model(**batch)
@@ -71,6 +75,8 @@ class _PairCollator:
         batch["groups"] = torch.tensor([r["group"] for r in rows], dtype=torch.long)
         if "prior" in rows[0]:
             batch["prior"] = torch.tensor([r["prior"] for r in rows], dtype=torch.float32)
+        if "position" in rows[0]:
+            batch["positions"] = torch.tensor([r["position"] for r in rows], dtype=torch.float32)
         return batch
 
 
@@ -106,8 +112,11 @@ class RerankTrainer(Trainer):
         weights = inputs.pop("weights")
         groups = inputs.pop("groups", None)
         prior = inputs.pop("prior", None)
+        positions = inputs.pop("positions", None)
         logp = module.model(**inputs)
-        total, per_task = module.loss(logp, labels, weights, groups, prior)
+        log_exam = (module.position_tower(positions)
+                    if module.position_tower is not None and positions is not None else None)
+        total, per_task = module.loss(logp, labels, weights, groups, prior, log_exam)
         self._running += per_task.cpu().numpy()
         self._running_n += 1
         return (total, logp) if return_outputs else total
@@ -163,7 +172,7 @@ def _require(dataset: Dataset) -> None:
         raise DataError("train-reranker needs a queries table with a split column (queries.parquet or --queries)")
 
 
-DEBIAS_MODES = ("none", "ipw")
+DEBIAS_MODES = ("none", "ipw", "pal")
 
 
 def _examination(propensities: Sequence[float]) -> Callable[[np.ndarray], np.ndarray]:
@@ -203,7 +212,9 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
     ``objective``: ``pointwise`` | ``listwise`` | ``both`` (:class:`rerank.losses.MultiTaskLoss`,
     ``rank_weight`` = λ_rank, ``point_weight`` = λ_point); batches always hold whole queries.
     ``debias``: ``none`` | ``ipw`` (labels per examined impression, with ``propensities`` =
-    examination probability per position 1..n, e.g. from :mod:`rerank.propensity`).
+    examination probability per position 1..n, e.g. from :mod:`rerank.propensity`) |
+    ``pal`` (a position tower learned jointly and dropped after training, :mod:`rerank.pal`;
+    needs the engagement's mean ``position``).
     ``prior`` (queries, product ids) -> the retriever's similarity per pair, distilled with
     weight ``prior_weight`` (:class:`rerank.losses.MultiTaskLoss`); both or neither.
     """
@@ -212,6 +223,8 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
         raise ValueError(f"unknown debias mode {debias!r}; choose one of {', '.join(DEBIAS_MODES)}")
     if debias == "ipw" and propensities is None:
         raise ValueError("debias 'ipw' needs examination propensities per position")
+    if debias == "pal" and "position" not in dataset.engagement.columns:
+        raise DataError("--debias pal needs a 'position' column (mean shown position) in the engagement log")
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
     if prior_weight and prior is None:
@@ -237,16 +250,21 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
                                                n_experts=n_experts, max_length=max_length)
     loss = MultiTaskLoss(tasks, task_weights, uncertainty, objective=objective, rank_weight=rank_weight,
                          point_weight=point_weight, prior_weight=prior_weight)
-    module = _TrainModule(model, loss)
+    tower = PositionTower() if debias == "pal" else None
+    module = _TrainModule(model, loss, tower)
     label_cols = [f"y_{t}" for t in tasks]
     train_rows = [{"query": q, "text": t, "labels": list(map(float, y)), "weight": float(w), "group": int(g)}
                   for q, t, y, w, g in zip(examples["query"], examples["text"], examples[label_cols].to_numpy(),
                                            examples["weight"], examples["group"])]
+    if tower is not None:
+        for row, position in zip(train_rows, examples["position"].to_numpy(dtype=np.float64)):
+            row["position"] = float(position)
     if prior_weight:
         scores = np.asarray(prior(examples["query"].tolist(), examples["product_id"].astype(str).tolist()))
         for row, score in zip(train_rows, scores):
             row["prior"] = float(score)
     head_params = list(model.head.parameters()) + list(loss.parameters())
+    head_params += list(tower.parameters()) if tower is not None else []
     optimizer = torch.optim.AdamW([
         {"params": list(model.encoder.parameters()), "lr": learning_rate},
         {"params": head_params, "lr": head_learning_rate},
@@ -281,6 +299,7 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
         "out_dir": str(out_dir), "tasks": tasks, "architecture": architecture, "heads": heads,
         "label_mode": label_mode, "objective": objective, "debias": debias,
         **({"propensities": [round(float(t), 4) for t in propensities]} if debias == "ipw" else {}),
+        **({"pal_examination": [round(float(t), 4) for t in tower.curve()]} if tower is not None else {}),
         "loss_weights": {"rank": loss.rank_weight, "point": loss.point_weight, "prior": loss.prior_weight},
         "seed": seed,
         "max_length": max_length, "negatives": negatives, "max_shown_per_query": max_shown_per_query,

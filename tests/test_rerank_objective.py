@@ -153,3 +153,67 @@ def test_prior_term_pulls_toward_the_retrievers_order() -> None:
     assert float(l_agree) == pytest.approx(float(expected), rel=1e-5)
     no_prior, _ = loss(agree, labels, weights, groups, None)
     assert float(no_prior) == 0.0
+
+
+def test_pal_tower_is_zero_for_unshown_rows_and_never_above_one() -> None:
+    from rerank.pal import PositionTower
+
+    torch.manual_seed(0)
+    tower = PositionTower()
+    out = tower(torch.tensor([1.0, 2.5, float("nan"), 40.0]))
+    assert out[2] == 0.0 and bool((out <= 0).all())
+    curve = tower.curve(10)
+    assert curve.shape == (10,) and curve[0] == pytest.approx(1.0)
+
+
+def test_pal_separates_position_from_relevance() -> None:
+    """Rates observed as examination(position) * relevance(feature), with the production
+    ranker putting relevant rows high: a relevance model trained through the PAL tower
+    recovers the examination curve, and one trained without it absorbs position into
+    relevance (its relevance for low-ranked rows is underestimated)."""
+    from rerank.pal import PositionTower
+
+    gen = torch.Generator().manual_seed(3)
+    n = 4000
+    x = torch.randn(n, generator=gen)
+    true_rel = torch.sigmoid(1.5 * x - 0.5)
+    position = (1.0 + 9.0 * torch.rand(n, generator=gen) * torch.sigmoid(-1.2 * x + torch.randn(n, generator=gen)))
+    exam = position ** -0.7
+    rate = exam * true_rel
+    weights = torch.full((n,), 50.0)
+
+    def fit(pal: bool) -> tuple[torch.nn.Module, PositionTower | None]:
+        torch.manual_seed(0)
+        rel = torch.nn.Linear(1, 1)
+        tower = PositionTower() if pal else None
+        params = list(rel.parameters()) + (list(tower.parameters()) if tower else [])
+        opt = torch.optim.Adam(params, lr=0.05)
+        loss = MultiTaskLoss(["click"], objective="pointwise")
+        for _ in range(400):
+            opt.zero_grad()
+            logp = torch.nn.functional.logsigmoid(rel(x[:, None]))
+            total, _ = loss(logp, rate[:, None], weights, log_examination=tower(position) if tower else None)
+            total.backward()
+            opt.step()
+        return rel, tower
+
+    rel_pal, tower = fit(True)
+    truth = np.arange(1, 11, dtype=np.float64) ** -0.7
+    assert np.max(np.abs(tower.curve(10) - truth) / truth) < 0.15, tower.curve(10)
+    rel_naive, _ = fit(False)
+    with torch.no_grad():
+        grid = torch.linspace(-2, 2, 9)[:, None]
+        err_pal = (torch.sigmoid(rel_pal(grid)).squeeze() - torch.sigmoid(1.5 * grid - 0.5).squeeze()).abs().mean()
+        err_naive = (torch.sigmoid(rel_naive(grid)).squeeze() - torch.sigmoid(1.5 * grid - 0.5).squeeze()).abs().mean()
+    assert float(err_pal) < float(err_naive) / 2
+
+
+def test_pal_needs_positions(tiny_data_dir) -> None:
+    from pipeline.core.errors import DataError
+    from pipeline.data import load_dataset
+    from rerank.train import train_reranker
+
+    dataset = load_dataset(tiny_data_dir)
+    dataset.engagement = dataset.engagement.drop(columns="position", errors="ignore")
+    with pytest.raises(DataError, match="position"):
+        train_reranker(dataset, "unused", debias="pal")

@@ -98,3 +98,14 @@ def test_reload_is_identical_and_int8_stays_close(dataset, trained) -> None:
     assert np.abs(int8 - fp32).max() < 0.01
     metrics = model_metrics(pairs, int8, report["tasks"])
     assert all(np.isfinite(metrics[f"{task}_auc"]) for task in report["tasks"])
+
+
+def test_pal_trains_a_tower_that_is_not_saved(dataset, trained, tmp_path: Path) -> None:
+    """--debias pal learns an examination curve (reported in the manifest) and saves the same
+    model files as naive training: the tower is a training-only part."""
+    report = train_reranker(dataset, tmp_path / "pal", **{**SMALL, "epochs": 1, "debias": "pal"})
+    curve = read_manifest(tmp_path / "pal")["report"]["pal_examination"]
+    assert len(curve) == 20 and curve[0] == pytest.approx(1.0) and all(np.isfinite(curve))
+    naive_keys = set(trained[0]["model"].state_dict())
+    assert set(report["model"].state_dict()) == naive_keys
+    assert sorted(p.name for p in (tmp_path / "pal").iterdir()) == sorted(p.name for p in trained[1].iterdir())

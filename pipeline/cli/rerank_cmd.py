@@ -75,7 +75,7 @@ def train_reranker_cmd(
     max_queries: Optional[int] = typer.Option(None, "--max-queries", min=1, help="Subsample train queries (speed)."),
     max_shown: Optional[int] = typer.Option(None, "--max-shown", min=1, help="Shown rows per query (at most half engaged, the rest skipped)."),
     objective: str = typer.Option("both", "--objective", help="pointwise (funnel BCE) | listwise (ListNet per query) | both."),
-    debias: str = typer.Option("none", "--debias", help="none | ipw (labels per examined impression, position bias fitted by EM)."),
+    debias: str = typer.Option("none", "--debias", help="none | ipw (labels per examined impression, position bias fitted from the logs) | pal (a position tower learned in training, dropped at serving)."),
     positions: Optional[Path] = typer.Option(None, "--positions", help="Per-position impression log for --debias ipw (default: positions.parquet in --data, else the engagement's mean positions)."),
     index: Optional[Path] = typer.Option(None, "--index", help="Index whose retriever gives candidates; also fits the first-stage blend on valid."),
     candidates: int = typer.Option(DEFAULT_CANDIDATES, "--candidates", min=1, help="Retriever candidates per query (with --index)."),
