@@ -8,7 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.compare import acceptance, summarise, within_query_auc
+from pipeline.cli.experiments import load_experiment
+
+_experiment = load_experiment("compare_rerankers")
+acceptance, summarise, within_query_auc = _experiment.acceptance, _experiment.summarise, _experiment.within_query_auc
 
 
 def test_within_query_auc_ignores_between_query_differences() -> None:
@@ -57,7 +60,7 @@ def test_summary_interval_bootstrap_and_checks() -> None:
 @pytest.mark.slow
 def test_compare_two_variants_two_seeds_end_to_end(tiny_data_dir: Path, tmp_path: Path) -> None:
     """Real training, blend fit on valid, served-order evaluation, int8 check, results.json."""
-    from pipeline.compare import compare_rerankers
+    compare_rerankers = _experiment.compare_rerankers
 
     results = compare_rerankers(tiny_data_dir, tmp_path / "cmp", variants=["mmoe_funnel", "single_purchase"],
                                 seeds=2, retriever_steps=2, candidates=8, epochs=1, train_queries=3,

@@ -1,7 +1,7 @@
 """Rerank commands: `train-reranker`, `adapt-lm`, `compare-rerankers`.
 
 Thin: parse, call one library function (:func:`pipeline.blend.train_reranker_on_index`,
-:func:`rerank.adapt.adapt_lm`, :func:`pipeline.compare.compare_rerankers`), print a table or
+:func:`rerank.adapt.adapt_lm`, :func:`compare_rerankers` in benchmarks/compare_rerankers.py), print a table or
 ``--json``. torch/transformers/pandas are imported inside the commands (fast --help).
 """
 from __future__ import annotations
@@ -159,8 +159,10 @@ def compare_rerankers_cmd(
     json_out: bool = _JSON,
 ) -> None:
     """Train every reranker variant over several seeds; nDCG@10 vs retrieval alone with intervals."""
-    from pipeline.compare import COLUMNS, compare_rerankers
+    from pipeline.cli.experiments import load_experiment
     from rerank.fusion import parse_weights
+
+    experiment = load_experiment("compare_rerankers")
 
     try:
         fusion = parse_weights(weights)
@@ -169,7 +171,7 @@ def compare_rerankers_cmd(
     if not data.is_dir():
         _bad(f"{data}: dataset directory does not exist (run `pipeline sample-data`)")
     with _to_stderr():
-        results = compare_rerankers(
+        results = experiment.compare_rerankers(
             data, out, index_dir=index, retriever_dir=retriever, retriever_steps=retriever_steps,
             variants=[v.strip() for v in variants.split(",")] if variants else None, seeds=seeds,
             candidates=candidates, epochs=epochs, max_length=max_length, learning_rate=learning_rate,
@@ -178,6 +180,6 @@ def compare_rerankers_cmd(
     if json_out:
         emit_json({k: v for k, v in results.items() if k != "runs"})
         return
-    print_table(results["rows"], title=f"rerankers, {results['config']['queries']['test']} test queries", columns=COLUMNS)
+    print_table(results["rows"], title=f"rerankers, {results['config']['queries']['test']} test queries", columns=experiment.COLUMNS)
     print_table([{"check": k, "value": v} for k, v in results["checks"].items()], title="acceptance")
     info(f"results: {results['results_file']}")

@@ -15,7 +15,10 @@ retrieval score's on the same products. Over seeds: the mean and a 95% Student-t
 and a paired bootstrap over test queries of the seed-averaged per-query nDCG@10 against
 retrieval only (:func:`pipeline.core.metrics.paired_bootstrap`).
 
-Why it lives in pipeline/: it needs both stages, and stages never import each other.
+Why it lives in benchmarks/ and not in the product package: it is an experiment, with
+acceptance checks on the sample world, not something a shop runs to serve search. It needs
+a source checkout; ``pipeline compare-rerankers`` is its command-line front end
+(:func:`pipeline.cli.experiments.load_experiment`).
 """
 from __future__ import annotations
 
