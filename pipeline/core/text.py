@@ -52,6 +52,12 @@ def join_product_fields(values: "tuple[object, ...] | list[object]") -> str:
     return " | ".join(p.strip() for p in parts if p and p.strip())
 
 
+def collapse_whitespace(text: str) -> str:
+    """``text`` with leading/trailing whitespace dropped and every inner run made one space,
+    so texts that differ only in spacing or line breaks compare equal."""
+    return " ".join(str(text).split())
+
+
 def text_hash(text: str) -> int:
     """Signed 64-bit hash of a product text, blind to whitespace differences.
 
@@ -61,5 +67,5 @@ def text_hash(text: str) -> int:
     """
     import hashlib
 
-    data = " ".join(str(text).split()).encode("utf-8", "surrogatepass")
+    data = collapse_whitespace(text).encode("utf-8", "surrogatepass")
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
