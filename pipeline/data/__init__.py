@@ -13,14 +13,15 @@ from pipeline.data.contracts import (CATALOG_COLUMNS, ENGAGEMENT_COLUMNS, ENGAGE
                                      QUERY_COLUMNS, SPLITS, Dataset, engagement_qrels, product_text,
                                      product_text_fields, qrels_dict, vocabulary_mismatch_queries)
 from pipeline.data.io import FORMATS, find_data_file, load_position_log, read_table, write_parquet
-from pipeline.data.mapping import LABEL_PRESETS, Mapping, SectionMapping, load_mapping, parse_mapping
+from pipeline.data.mapping import (LABEL_PRESETS, Mapping, SectionMapping, derive_product_id, load_mapping,
+                                   parse_mapping)
 from pipeline.data.validate import (dataset_stats, load_catalog, load_dataset, load_engagement, load_qrels,
                                     load_queries, validate_dataset, warn)
 
 __all__ = [
     "CATALOG_COLUMNS", "ENGAGEMENT_COLUMNS", "ENGAGEMENT_GRADES", "FORMATS", "LABEL_PRESETS", "QRELS_COLUMNS",
-    "QUERY_COLUMNS", "SPLITS", "Dataset", "Mapping", "SectionMapping", "dataset_stats", "engagement_qrels",
-    "find_data_file", "load_catalog", "load_dataset", "load_engagement", "load_mapping", "load_position_log",
-    "load_qrels", "load_queries", "parse_mapping", "product_text", "product_text_fields", "qrels_dict",
-    "read_table", "validate_dataset", "vocabulary_mismatch_queries", "warn", "write_parquet",
+    "QUERY_COLUMNS", "SPLITS", "Dataset", "Mapping", "SectionMapping", "dataset_stats", "derive_product_id",
+    "engagement_qrels", "find_data_file", "load_catalog", "load_dataset", "load_engagement", "load_mapping",
+    "load_position_log", "load_qrels", "load_queries", "parse_mapping", "product_text", "product_text_fields",
+    "qrels_dict", "read_table", "validate_dataset", "vocabulary_mismatch_queries", "warn", "write_parquet",
 ]

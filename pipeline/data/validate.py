@@ -20,7 +20,7 @@ from pipeline.core.errors import DataError
 from pipeline.core.tasks import EVENTS, FUNNEL
 from pipeline.data.contracts import ENGAGEMENT_COLUMNS, QRELS_COLUMNS, SPLITS, Dataset, vocabulary_mismatch_queries
 from pipeline.data.io import find_data_file, read_table
-from pipeline.data.mapping import Mapping, SectionMapping, load_mapping
+from pipeline.data.mapping import GradeScale, Mapping, SectionMapping, derive_product_id, load_mapping
 
 def warn(message: str) -> None:
     """Data warnings go to stderr (one line) so stdout stays clean for --json."""
@@ -75,11 +75,38 @@ def _frame_in(source: str | Path | pd.DataFrame, section: SectionMapping) -> tup
     else:
         path = Path(source)
         frame = read_table(path, section.format)
-    return section.apply(frame, path), path
+    if not section.id_from:
+        return section.apply(frame, path), path
+    ids = _derived_ids(frame, path, section.id_from)
+    frame = section.apply(frame, path)
+    if "product_id" in frame.columns:
+        source_name = section.source_name("product_id")
+        raise DataError(f"{path}: the mapping's id_from derives 'product_id', but the file has a "
+                        f"{source_name!r} column for it too; drop one of them")
+    return frame.assign(product_id=ids), path
 
 
-def load_catalog(source: str | Path | pd.DataFrame, mapping: Mapping | str | Path | dict | None = None) -> pd.DataFrame:
-    """Catalog with unique non-empty ``product_id``, non-empty ``title`` and canonical columns."""
+def _derived_ids(frame: pd.DataFrame, path: Path, columns: list[str]) -> list[str]:
+    """``product_id`` per row from the source ``columns`` (:func:`derive_product_id`), read
+    before any rename so every section names the same raw columns."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column {missing[0]!r} listed in the mapping's id_from")
+    fields = [_as_str(frame, c) for c in columns]
+    empty = np.logical_and.reduce([(f == "").to_numpy() for f in fields])
+    if empty.any():
+        raise DataError(f"{path}: row {_bad_row(empty) + 1}: {' and '.join(map(repr, columns))} empty, "
+                        "no text to derive a product_id from")
+    return [derive_product_id(row) for row in zip(*fields)]
+
+
+def load_catalog(source: str | Path | pd.DataFrame, mapping: Mapping | str | Path | dict | None = None,
+                 report: dict | None = None) -> pd.DataFrame:
+    """Catalog with unique non-empty ``product_id``, non-empty ``title`` and canonical columns.
+
+    A duplicate id is an error, except for ids the mapping derives (``id_from``): there the
+    rows are one product judged several times, and the first row in the file is kept.
+    """
     section = load_mapping(mapping).catalog
     frame, path = _frame_in(source, section)
     _require(frame, ["product_id", "title"], path, section)
@@ -88,7 +115,7 @@ def load_catalog(source: str | Path | pd.DataFrame, mapping: Mapping | str | Pat
     if empty.any():
         raise DataError(f"{path}: column 'product_id', row {_bad_row(empty) + 1}: empty product_id")
     dup = out["product_id"].duplicated().to_numpy()
-    if dup.any():
+    if dup.any() and not section.id_from:
         i = _bad_row(dup)
         pid = out["product_id"].iloc[i]
         first = int(np.flatnonzero((out["product_id"] == pid).to_numpy())[0])
@@ -112,6 +139,10 @@ def load_catalog(source: str | Path | pd.DataFrame, mapping: Mapping | str | Pat
         out["price"] = np.nan
     if "rating" in frame.columns:
         out["rating"] = pd.to_numeric(frame["rating"], errors="coerce").astype(np.float64).to_numpy()
+    if section.id_from:   # every row was checked above, so errors still name file rows
+        out = out[~dup]
+        if report is not None:
+            report["catalog_rows_merged"] = int(dup.sum())
     return out.reset_index(drop=True)
 
 
@@ -219,8 +250,10 @@ def load_qrels(source: str | Path | pd.DataFrame, mapping: Mapping | str | Path 
     """Graded judgements ``query``, ``product_id``, ``relevance`` (int >= 0).
 
     String labels are mapped to grades by the mapping's ``labels`` (a table or a preset:
-    ``esci`` E/S/C/I -> 3/2/1/0, ``wands`` Exact/Partial/Irrelevant -> 2/1/0). A qrels
-    file keyed by ``query_id`` (WANDS) is resolved against ``queries``.
+    ``esci`` E/S/C/I -> 3/2/1/0, ``wands`` Exact/Partial/Irrelevant -> 2/1/0); numeric
+    ones on another scale by a range preset (``"1-4"``) or ``offset``/``scale``. A lowest
+    grade other than 0 is warned about; a repeated (query, product) pair keeps its highest
+    grade. A qrels file keyed by ``query_id`` (WANDS) is resolved against ``queries``.
     """
     section = load_mapping(mapping).qrels
     frame, path = _frame_in(source, section)
@@ -235,6 +268,19 @@ def load_qrels(source: str | Path | pd.DataFrame, mapping: Mapping | str | Path 
         frame = frame.assign(query=qid.map(texts).to_numpy())
     _require(frame, QRELS_COLUMNS, path, section)
     out = pd.DataFrame({"query": _as_str(frame, "query"), "product_id": _as_str(frame, "product_id")})
+    out["relevance"] = _grades(frame, path, section)
+    _warn_without_zero_grade(out["relevance"], path, section)
+    out = _merge_duplicate_judgements(out, report)
+    out = _drop_unknown(out, catalog_ids, path, "qrels", report)
+    report["qrels_rows"] = int(len(out))
+    return out.reset_index(drop=True)
+
+
+def _grades(frame: pd.DataFrame, path: Path, section: SectionMapping) -> np.ndarray:
+    """The ``relevance`` column as int64 grades >= 0: looked up in the label table, rescaled
+    by the grade scale, or read as integers, as the mapping says."""
+    if section.grade_scale is not None:
+        return _scaled_grades(frame["relevance"], path, section.grade_scale)
     labels = frame["relevance"]
     if section.labels:
         key = _as_str(frame, "relevance")
@@ -245,14 +291,60 @@ def load_qrels(source: str | Path | pd.DataFrame, mapping: Mapping | str | Path 
             raise DataError(f"{path}: column 'relevance', row {i + 1}: label {key.iloc[i]!r} is not in the "
                             f"label map ({', '.join(map(str, section.labels))})")
         labels = mapped
-    frame = frame.assign(relevance=labels.to_numpy())
     try:
-        out["relevance"] = _as_int(frame, "relevance", path, minimum=0)
+        return _as_int(frame.assign(relevance=labels.to_numpy()), "relevance", path, minimum=0)
     except DataError as exc:
         raise DataError(f"{exc} (string labels need a [qrels] labels map or preset in --mapping)") from None
-    out = _drop_unknown(out, catalog_ids, path, "qrels", report)
-    report["qrels_rows"] = int(len(out))
-    return out.reset_index(drop=True)
+
+
+def _scaled_grades(raw: pd.Series, path: Path, scale: GradeScale) -> np.ndarray:
+    """Numeric labels through ``scale``; a non-number, a value off a declared range or a
+    negative grade is a row-naming error."""
+    values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        i = _bad_row(bad)
+        raise DataError(f"{path}: column 'relevance', row {i + 1}: not a number: {raw.iloc[i]!r}")
+    if scale.bounds is not None:
+        low, high = scale.bounds
+        off = (values < low) | (values > high)
+        if off.any():
+            i = _bad_row(off)
+            raise DataError(f"{path}: column 'relevance', row {i + 1}: {raw.iloc[i]!r} is outside the "
+                            f"labels range {low}-{high}")
+    grades = scale.grades(values)
+    if (grades < 0).any():
+        i = _bad_row(grades < 0)
+        raise DataError(f"{path}: column 'relevance', row {i + 1}: {raw.iloc[i]!r} gives grade {grades[i]} "
+                        f"(below 0) with scale = {scale.scale:g}, offset = {scale.offset:g}")
+    return grades
+
+
+def _warn_without_zero_grade(grades: pd.Series, path: Path, section: SectionMapping) -> None:
+    """Grades start at 0 = irrelevant; a file whose lowest grade is higher most likely uses a
+    scale starting at 1, which read as it is turns every irrelevant product into a match."""
+    if grades.empty or int(grades.min()) == 0:
+        return
+    low, high = int(grades.min()), int(grades.max())
+    hint = ("check the [qrels] label mapping" if section.labels or section.grade_scale is not None
+            else f'if the scale starts at {low}, map it: labels = "{low}-{high}" in [qrels]')
+    warn(f"{path}: lowest relevance grade is {low}, not 0 (irrelevant); {hint}")
+
+
+def _merge_duplicate_judgements(qrels: pd.DataFrame, report: dict) -> pd.DataFrame:
+    """One judgement per (query, product): the highest grade, at the pair's first row.
+
+    Pairs repeat when derived ids merge listings with the same text, or when a file repeats
+    a row. The highest grade, because the merged product stands for every listing and
+    satisfies the query if one of them does; unlike first/last it does not depend on row
+    order, and unlike a mean it stays a grade without a rounding rule.
+    """
+    dup = qrels.duplicated(["query", "product_id"]).to_numpy()
+    report["qrels_duplicates_merged"] = int(dup.sum())
+    if not dup.any():
+        return qrels
+    best = qrels.groupby(["query", "product_id"], sort=False)["relevance"].transform("max")
+    return qrels.assign(relevance=best.to_numpy())[~dup]
 
 
 def load_dataset(data_dir: str | Path | None = None, *, catalog: str | Path | None = None,
@@ -275,7 +367,7 @@ def load_dataset(data_dir: str | Path | None = None, *, catalog: str | Path | No
         where = f"in {base}" if base is not None else "(pass --catalog or a data directory)"
         raise DataError(f"no catalog file found {where}")
     report: dict[str, Any] = {}
-    cat = load_catalog(paths["catalog"], schema)
+    cat = load_catalog(paths["catalog"], schema, report=report)
     ids = set(cat["product_id"])
     report["catalog_rows"] = int(len(cat))
     qs = load_queries(paths["queries"], schema) if paths["queries"] else None
@@ -293,6 +385,8 @@ def dataset_stats(ds: Dataset) -> dict[str, Any]:
     split sizes and the vocabulary-mismatch share."""
     stats: dict[str, Any] = {"products": int(len(ds.catalog)),
                              "categories": int(ds.catalog["category"].replace("", np.nan).nunique())}
+    if "catalog_rows_merged" in ds.report:
+        stats["catalog_rows_merged"] = int(ds.report["catalog_rows_merged"])
     if ds.queries is not None:
         stats["queries"] = int(len(ds.queries))
         for split in SPLITS:
@@ -311,6 +405,7 @@ def dataset_stats(ds: Dataset) -> dict[str, Any]:
         for grade, count in ds.qrels["relevance"].value_counts().sort_index().items():
             stats[f"grade_{int(grade)}"] = int(count)
         stats["qrels_unknown_products"] = int(ds.report.get("qrels_unknown_products", 0))
+        stats["qrels_duplicates_merged"] = int(ds.report.get("qrels_duplicates_merged", 0))
         qs = ds.queries if ds.queries is not None else pd.DataFrame({"query": ds.qrels["query"].unique()})
         mismatch = vocabulary_mismatch_queries(qs, ds.qrels, ds.catalog)
         stats["mismatch_queries"] = len(mismatch)
