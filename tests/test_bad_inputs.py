@@ -12,6 +12,7 @@ files through symlinks). The others need only the tiny generated world and no mo
 from __future__ import annotations
 
 import fcntl
+import gzip
 import hashlib
 import json
 import os
@@ -90,6 +91,20 @@ def _save(frame: pd.DataFrame, path: Path) -> str:
     else:
         frame.to_csv(path, index=False)
     return str(path)
+
+
+def _judged_pairs(grade: str, qrels_mapping: str) -> Maker:
+    """A gzip CSV of (query, title, grade) rows without ids, read as catalog and qrels."""
+    def make(tmp: Path, world: Path) -> dict[str, str]:
+        path = tmp / "judgments.csv.gz"
+        path.write_bytes(gzip.compress(f"query,title,grade\nsofa,Red Sofa,4\nsofa,Oak Lamp,{grade}\n".encode()))
+        (tmp / "map.toml").write_text(f'[catalog]\nid_from = "title"\n[qrels]\n{qrels_mapping}\n'
+                                      '[qrels.columns]\ngrade = "relevance"\n')
+        return {"file": str(path), "mapping": str(tmp / "map.toml")}
+    return make
+
+
+_JUDGED = ("validate", "--catalog", "{file}", "--qrels", "{file}", "--mapping", "{mapping}")
 
 
 def _data(world: Path) -> Path:
@@ -295,6 +310,14 @@ CASES: list[Case] = [
     Case("data directory without catalog", ("validate", "{tmp}"), message="no catalog file found"),
     Case("mapping file missing", ("validate", "{world}", "--mapping", "{tmp}/mapping.toml"),
          message="mapping file not found"),
+    Case("mapping grade off the labels range", _JUDGED, _judged_pairs("5", 'id_from = "title"\nlabels = "1-4"'),
+         message="'5' is outside the labels range 1-4"),
+    Case("mapping offset not a number", _JUDGED, _judged_pairs("1", 'id_from = "title"\noffset = "-1"'),
+         message="offset must be a number"),
+    Case("mapping id_from column missing", _JUDGED, _judged_pairs("1", 'id_from = "product_title"\nlabels = "1-4"'),
+         message="missing column 'product_title' listed in the mapping's id_from"),
+    Case("qrels 1-4 scale without a preset", _JUDGED, _judged_pairs("1", 'id_from = "title"'), code=0,
+         message='lowest relevance grade is 1, not 0'),
     # --- pipeline.toml (item 8) -------------------------------------------------------------
     Case("config unknown table (item 8)", ("config", "show"), config="[serach]\nk = 3\n", message="did you mean [search]"),
     Case("config unknown key (item 8)", ("config", "show"), config="[search]\ncandidate = 30\n",
