@@ -14,7 +14,8 @@ import typer
 from pipeline.cli._app import app, emit_json, info, print_table
 from pipeline.config import DEFAULT_DATA_DIR, DEFAULT_SEED, POSITIONS_FILE
 
-_MAPPING = typer.Option(None, "--mapping", help="Schema-mapping TOML (column renames, attribute joins, label maps).")
+_MAPPING = typer.Option(None, "--mapping", help="Schema-mapping TOML (column renames, attribute joins, label maps "
+                                                 "and scales, ids from text; docs/own-data.md).")
 
 
 def _stat_rows(stats: dict[str, Any]) -> list[dict[str, Any]]:
