@@ -251,8 +251,6 @@ def _names(name: str, raw: dict[str, Any], key: str, where: str) -> list[str]:
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
         raise DataError(f"{where}: [{name}] {key} must be a column name or a list of column names")
-    if key in raw and not value:
-        raise DataError(f"{where}: [{name}] {key} is empty: list at least one column")
     return list(value)
 
 
@@ -281,9 +279,12 @@ def _section(name: str, raw: Any, where: str) -> SectionMapping:
     fmt = raw.get("format")
     if fmt is not None and fmt not in set(FORMATS.values()):
         raise DataError(f"{where}: [{name}] unknown format {fmt!r} (use {', '.join(sorted(set(FORMATS.values())))})")
+    id_from = _names(name, raw, "id_from", where)
+    if "id_from" in raw and not id_from:
+        raise DataError(f"{where}: [{name}] id_from is empty: list the column(s) to derive product_id from")
     return SectionMapping(columns=columns, attributes=_names(name, raw, "attributes", where), labels=labels,
                           events={str(k).lower(): v for k, v in events.items()}, format=fmt,
-                          id_from=_names(name, raw, "id_from", where), grade_scale=grade_scale)
+                          id_from=id_from, grade_scale=grade_scale)
 
 
 def _check_ids_join(mapping: Mapping, where: str) -> None:
