@@ -48,6 +48,7 @@ def fit_fusion(dataset: Dataset, reranker: Any, retriever: Any, *,
     The candidate lists are exactly what :class:`pipeline.search.TwoStageSearcher` reranks
     (retriever top ``candidates``), so the weight is fitted on the scores it will blend.
     """
+    from pipeline.core.text import recorded_text_fields
     from rerank.data import text_lookup
     from rerank.fusion import fit_alpha, fuse, save_fusion
 
@@ -59,7 +60,7 @@ def fit_fusion(dataset: Dataset, reranker: Any, retriever: Any, *,
     if not queries:
         raise DataError(f"no judgements (qrels or engagement) for the {split!r} queries")
     cand_ids, cand_scores = retriever_candidates(retriever, queries, candidates)
-    texts = text_lookup(dataset.catalog)
+    texts = text_lookup(dataset.catalog, recorded_text_fields(getattr(reranker, "manifest", None)))
     flat = [(q, p, s) for q in queries for p, s in zip(cand_ids[q], cand_scores[q]) if p in texts]
     if not flat:
         raise DataError(f"the retriever returned no catalog products for the {split!r} queries")
@@ -98,9 +99,10 @@ def retriever_prior(retriever: Any, catalog: Any) -> Any:
     """``(queries, product_ids) -> cosine similarity`` under the retriever's encoder: the
     prior the reranker distils (``prior_weight``). Each distinct query and product is encoded
     once, so a training set of many pairs per query costs one pass over its parts."""
+    from pipeline.core.text import recorded_text_fields
     from rerank.data import text_lookup
 
-    texts = text_lookup(catalog)
+    texts = text_lookup(catalog, recorded_text_fields(getattr(retriever, "manifest", None)))
 
     def prior(queries: Sequence[str], product_ids: Sequence[str]) -> np.ndarray:
         uq, q_idx = np.unique(np.asarray(queries, dtype=object).astype(str), return_inverse=True)
@@ -124,7 +126,7 @@ def train_reranker_on_index(dataset: Dataset, out_dir: str | os.PathLike[str], *
                             index_dir: str | os.PathLike[str] | None = None, candidates: int = DEFAULT_CANDIDATES,
                             retriever: Any = None, encoder_from_retriever: bool = True,
                             positions: str | os.PathLike[str] | None = None,
-                            **train_kwargs: Any) -> dict[str, Any]:
+                            text_fields: Sequence[str] | None = None, **train_kwargs: Any) -> dict[str, Any]:
     """Train a reranker on retriever candidates, then fit and save its first-stage blend.
 
     Without ``index_dir`` or ``retriever`` this is :func:`rerank.train.train_reranker` with
@@ -133,7 +135,10 @@ def train_reranker_on_index(dataset: Dataset, out_dir: str | os.PathLike[str], *
     the fine-tuned retriever's weights instead of the bundled MiniLM. Why: they already map
     the shop's jargon and synonyms to its products, which a cross-encoder trained for a few
     hundred steps on noisy engagement cannot learn from scratch (docs/rerank.md).
+    ``text_fields``: the product text fields (None: the index's, else the default template);
+    fields other than the index's are refused, since the searcher would refuse the pair.
     """
+    from pipeline.core.text import PRODUCT_TEXT_FIELDS, recorded_text_fields, require_same_text_fields
     from rerank.train import train_reranker
 
     if train_kwargs.get("debias") == "ipw" and train_kwargs.get("propensities") is None:
@@ -143,7 +148,10 @@ def train_reranker_on_index(dataset: Dataset, out_dir: str | os.PathLike[str], *
 
         retriever = Retriever.load(index_dir)
     if retriever is None:
-        return train_reranker(dataset, out_dir, **train_kwargs)
+        return train_reranker(dataset, out_dir, text_fields=text_fields or PRODUCT_TEXT_FIELDS, **train_kwargs)
+    indexed = recorded_text_fields(getattr(retriever, "manifest", None))
+    train_kwargs["text_fields"] = indexed if text_fields is None else require_same_text_fields(
+        text_fields, "--text-fields", indexed, f"index {getattr(retriever, 'index_dir', index_dir)}")
     if dataset.queries is None:
         raise DataError("train-reranker needs a queries table with a split column (queries.parquet or --queries)")
     if encoder_from_retriever and train_kwargs.get("encoder") is None:

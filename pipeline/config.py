@@ -14,6 +14,10 @@ parameter name is accepted too), e.g.::
     [index.add]
     ...
 
+A few settings apply to every command that has the option and may sit at the top level
+(:data:`SHARED_KEYS`), e.g. ``text_fields = ["title", "description"]``: a command's own table
+still wins.
+
 It is turned into Click's ``default_map``, so flags always win and `pipeline config show`
 can print the effective settings. Default artefact paths live here too.
 """
@@ -45,6 +49,10 @@ from pipeline.core.runtime import DEFAULT_SEED  # noqa: E402  (re-exported for t
 #: Default --precision of search and batch scoring (choices and the "auto" rule:
 #: :mod:`pipeline.core.onnx`).
 DEFAULT_PRECISION = "auto"
+#: Top-level pipeline.toml keys that set the option of that name in every command having it.
+#: Why: the product text fields must agree across training, indexing and reranking, so one
+#: line should set them for all.
+SHARED_KEYS = ("text_fields",)
 
 
 def config_path() -> Path:
@@ -82,6 +90,9 @@ def default_map(cli: Any, path: Path | None = None) -> dict[str, Any]:
     import difflib
 
     where = path or config_path()
+    config = load_config(path)
+    shared = {key: _as_option_value(config.pop(spelling))
+              for key in SHARED_KEYS for spelling in (key, key.replace("_", "-")) if spelling in config}
 
     def resolve(node: dict[str, Any], command: Any, trail: tuple[str, ...]) -> dict[str, Any]:
         subcommands = getattr(command, "commands", None) or {}
@@ -102,7 +113,8 @@ def default_map(cli: Any, path: Path | None = None) -> dict[str, Any]:
                 hint = f"; did you mean [{'.'.join((*trail, close[0]))}]?" if close else ""
                 raise ShoprankError(f"{where}: unknown table [{'.'.join((*trail, name))}] (no such command){hint}")
             if key in spellings:
-                out[spellings[key]] = value
+                name = spellings[key]
+                out[name] = _as_option_value(value) if name in SHARED_KEYS else value
                 continue
             flags = sorted({flag_name(p) for p in getattr(command, "params", []) if p.name != "help"})
             close = difflib.get_close_matches(key.replace("_", "-"), flags, n=1, cutoff=0.5)
@@ -111,7 +123,22 @@ def default_map(cli: Any, path: Path | None = None) -> dict[str, Any]:
             raise ShoprankError(f"{where}: unknown key {key!r} in {table} (no such option){hint}")
         return out
 
-    return resolve(load_config(path), cli, ())
+    resolved = resolve(config, cli, ())
+    for trail, command in _walk_commands(cli):
+        wanted = {k: v for k, v in shared.items() if k in {param.name for param in command.params}}
+        if wanted:
+            table = resolved
+            for part in trail:
+                table = table.setdefault(part, {})
+            for key, value in wanted.items():
+                table.setdefault(key, value)
+    return resolved
+
+
+def _as_option_value(value: Any) -> Any:
+    """A TOML list for a comma-separated option (``text_fields = ["title", "description"]``)
+    becomes the string the flag takes, so both spellings mean the same."""
+    return ",".join(str(v) for v in value) if isinstance(value, list) else value
 
 
 def _walk_commands(command: Any, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:

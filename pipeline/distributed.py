@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.core.errors import ArtifactError, ShoprankError
+from pipeline.core.text import PRODUCT_TEXT_FIELDS
 
 FAIL_ONCE_ENV = "SHOPRANK_RAY_FAIL_ONCE"
 DEFAULT_RETRIES = 3
@@ -234,10 +235,11 @@ class RayCatalogEncoder:
     def describe(self) -> dict[str, Any]:
         return self.encoder.describe()
 
-    def encode_catalog(self, catalog: Any, batch_size: int = 64, show_progress: bool = True) -> np.ndarray:
+    def encode_catalog(self, catalog: Any, batch_size: int = 64, show_progress: bool = True,
+                       fields: Sequence[str] = PRODUCT_TEXT_FIELDS) -> np.ndarray:
         from pipeline.data import product_text
 
-        return encode_texts_ray(product_text(catalog), self.encoder, address=self.address, workers=self.workers,
+        return encode_texts_ray(product_text(catalog, fields), self.encoder, address=self.address, workers=self.workers,
                                 chunk_size=self.chunk_size, batch_size=batch_size, retries=self.retries,
                                 show_progress=show_progress)
 

@@ -47,6 +47,7 @@ Ranker = Callable[[list[str]], tuple[list[list[str]], list[Sequence[float]]]]
 def _engagement_metrics(reranker: Any, catalog: Any, engagement: Any, queries: set[str],
                         max_pairs: int, seed: int, weights: Any = None) -> list[dict[str, Any]]:
     """Per-task ROC AUC of the reranker's probabilities on the split's logged impressions."""
+    from pipeline.core.text import recorded_text_fields
     from pipeline.data import product_text
     from rerank.fusion import fuse
 
@@ -56,7 +57,7 @@ def _engagement_metrics(reranker: Any, catalog: Any, engagement: Any, queries: s
         rows = rows.sample(n=max_pairs, random_state=seed)
     if rows.empty:
         return []
-    texts = dict(zip(catalog["product_id"].astype(str), product_text(catalog)))
+    texts = dict(zip(catalog["product_id"].astype(str), product_text(catalog, recorded_text_fields(reranker.manifest))))
     probs = np.asarray(reranker.predict(rows["query"].astype(str).tolist(),
                                         [texts[str(p)] for p in rows["product_id"]]), dtype=np.float32)
     tasks = list(reranker.tasks)
@@ -70,13 +71,13 @@ def _engagement_metrics(reranker: Any, catalog: Any, engagement: Any, queries: s
     return out
 
 
-def _dense_zero_shot(catalog: Any, workdir: Path) -> Any:
-    """A flat index over the catalog with the bundled, untrained MiniLM."""
+def _dense_zero_shot(catalog: Any, workdir: Path, fields: Sequence[str]) -> Any:
+    """A flat index over the catalog's ``fields`` with the bundled, untrained MiniLM."""
     from retrieval.encoders import load_encoder
     from retrieval.index import Retriever, build_index
 
     encoder = load_encoder(None, "torch")
-    build_index(catalog, encoder, workdir / "zero-shot", index_type="flat", show_progress=False)
+    build_index(catalog, encoder, workdir / "zero-shot", index_type="flat", show_progress=False, text_fields=fields)
     return Retriever.load(workdir / "zero-shot", encoder=encoder)
 
 
@@ -201,13 +202,14 @@ def _build_rankers(ds: Any, systems: Sequence[str], scratch: Path, index_dir: An
     """One ranking function per system (texts -> ids, scores), loading each model once."""
     rankers: dict[str, Ranker] = {}
     details: dict[str, Any] = {}
+    fields = _index_text_fields(index_dir)  # every system reads the product text the index encoded
     if "bm25" in systems:
         from retrieval.lexical import BM25Retriever
 
-        bm25 = BM25Retriever(ds.catalog)
+        bm25 = BM25Retriever(ds.catalog, fields=fields)
         rankers["bm25"] = lambda qs: bm25.search(qs, k=depth)
     if "dense-zero-shot" in systems:
-        zero = _dense_zero_shot(ds.catalog, scratch)
+        zero = _dense_zero_shot(ds.catalog, scratch, fields)
         details["dense-zero-shot-model"] = str(zero.encoder.model_id)
         rankers["dense-zero-shot"] = lambda qs: zero.search(qs, k=depth)
     if {"dense-fine-tuned", "two-stage", "oracle-rerank"} & set(systems):
@@ -217,7 +219,8 @@ def _build_rankers(ds: Any, systems: Sequence[str], scratch: Path, index_dir: An
         # Always rank the dataset's own catalog (never a default path on disk).
         model = _load_reranker(reranker) if "two-stage" in systems else None
         catalog_file = (getattr(ds, "report", None) or {}).get("files", {}).get("catalog")
-        catalog = CatalogText.from_frame(ds.catalog, f"catalog {catalog_file}" if catalog_file else "the catalog")
+        catalog = CatalogText.from_frame(ds.catalog, f"catalog {catalog_file}" if catalog_file else "the catalog",
+                                         fields)
         searcher = TwoStageSearcher(Retriever.load(index_dir), model, catalog)
         details["dense-fine-tuned-model"] = str(searcher.retriever.encoder.model_id)
         if "dense-fine-tuned" in systems:
@@ -234,6 +237,15 @@ def _build_rankers(ds: Any, systems: Sequence[str], scratch: Path, index_dir: An
 
             rankers["two-stage"] = two_stage
     return rankers, details
+
+
+def _index_text_fields(index_dir: Any) -> tuple[str, ...]:
+    """The product text fields the index records (the default template without an index)."""
+    from pipeline.core.artifacts import read_manifest
+    from pipeline.core.text import recorded_text_fields
+
+    has_index = index_dir is not None and (Path(index_dir) / "manifest.json").is_file()
+    return recorded_text_fields(read_manifest(index_dir) if has_index else None)
 
 
 def _load_reranker(path: Any) -> Any:

@@ -26,6 +26,7 @@ import numpy as np
 
 from pipeline.config import DEFAULT_CANDIDATES, DEFAULT_DATA_DIR, DEFAULT_INDEX_DIR, DEFAULT_PRECISION, DEFAULT_RERANKER_DIR
 from pipeline.core.errors import ArtifactError, DataError, ShoprankError
+from pipeline.core.text import PRODUCT_TEXT_FIELDS, recorded_text_fields, require_same_text_fields
 
 #: Longer queries are cut (with a note) before encoding: real queries are a few words, and
 #: both encoders truncate to a few dozen tokens anyway; cutting first keeps tokenisation cheap.
@@ -75,25 +76,31 @@ class CatalogText:
     """What the searcher needs from a catalog: ids, titles and the reranker's product text.
 
     Product texts are built on demand for the candidates actually reranked (the template is
-    :func:`pipeline.core.text.join_product_fields`, the same one training used), so opening a
-    100k-product catalog costs one columnar read, not 100k string joins.
+    :func:`pipeline.core.text.join_product_fields` over ``fields``, the ones the index and the
+    reranker were built with), so opening a 100k-product catalog costs one columnar read,
+    not 100k string joins.
     """
 
-    def __init__(self, ids: list[str], columns: dict[str, list[Any]], source: str = "the catalog") -> None:
+    def __init__(self, ids: list[str], columns: dict[str, list[Any]], source: str = "the catalog",
+                 fields: Sequence[str] = PRODUCT_TEXT_FIELDS) -> None:
         self.source = source  # how messages name it: "catalog <path>" when read from a file
         self.ids = ids
         self.columns = columns
+        self.fields = tuple(fields)
         self.titles = ["" if t is None else str(t) for t in columns["title"]]
 
     @classmethod
-    def from_frame(cls, frame: Any, source: str = "the catalog") -> CatalogText:
+    def from_frame(cls, frame: Any, source: str = "the catalog",
+                   fields: Sequence[str] = PRODUCT_TEXT_FIELDS) -> CatalogText:
         """From a validated catalog DataFrame (library callers already hold one)."""
         from pipeline.data import product_text_fields
 
-        return cls(frame["product_id"].astype(str).tolist(), product_text_fields(frame), source)
+        columns = product_text_fields(frame, fields)
+        columns.setdefault("title", frame["title"].tolist())
+        return cls(frame["product_id"].astype(str).tolist(), columns, source, fields)
 
     @classmethod
-    def read(cls, path: Path) -> CatalogText:
+    def read(cls, path: Path, fields: Sequence[str] = PRODUCT_TEXT_FIELDS) -> CatalogText:
         """Read a catalog file. A Parquet file in the canonical schema is read with pyarrow
         alone (the cold search path avoids importing pandas); anything else goes through
         :func:`pipeline.data.load_dataset` and its validation."""
@@ -105,34 +112,33 @@ class CatalogText:
         if path.suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            from pipeline.core.text import PRODUCT_TEXT_FIELDS
-
             try:
                 names = set(pq.read_schema(path).names)
                 if {"product_id", "title"} <= names:
-                    wanted = ["product_id", *[c for c in PRODUCT_TEXT_FIELDS if c in names]]
+                    wanted = list(dict.fromkeys(["product_id", "title", *[c for c in fields if c in names]]))
                     table = pq.ParquetFile(path).read(columns=wanted)  # not read_table: it imports pandas
                     n = table.num_rows
                     columns = {c: table.column(c).to_pylist() if c in names else [None] * n
-                               for c in PRODUCT_TEXT_FIELDS}
+                               for c in dict.fromkeys(["title", *fields])}
                     ids = [str(p) for p in table.column("product_id").to_pylist()]
                     # Only a catalog the validating loader would accept unchanged takes this
                     # path; anything else goes there, so every command refuses the same rows.
                     if (all(isinstance(t, str) and t.strip() for t in columns["title"])
                             and all(p.strip() and p == p.strip() for p in ids) and "None" not in ids
-                            and len(set(ids)) == n):
-                        return cls(ids, columns, f"catalog {path}")
+                            and len(set(ids)) == n
+                            and all(c in names or c in PRODUCT_TEXT_FIELDS for c in fields)):
+                        return cls(ids, columns, f"catalog {path}", fields)
             except (OSError, ValueError):
                 pass  # let the validating loader produce the one-line error
         from pipeline.data import load_dataset
 
-        return cls.from_frame(load_dataset(catalog=path).catalog, f"catalog {path}")
+        return cls.from_frame(load_dataset(catalog=path).catalog, f"catalog {path}", fields)
 
     def text(self, row: int) -> str:
         """Product text of one catalog row."""
-        from pipeline.core.text import PRODUCT_TEXT_FIELDS, join_product_fields
+        from pipeline.core.text import join_product_fields
 
-        return join_product_fields([self.columns[c][row] for c in PRODUCT_TEXT_FIELDS])
+        return join_product_fields([self.columns[c][row] for c in self.fields])
 
 
 class TwoStageSearcher:
@@ -165,7 +171,14 @@ class TwoStageSearcher:
         self.backend = "torch" if getattr(reranker or retriever.encoder, "needs_torch", True) else "onnx"
         self.precision = getattr(reranker, "precision", "fp32")
         self.weights = dict(weights) if weights else None
-        self.catalog = catalog if isinstance(catalog, CatalogText) else CatalogText.from_frame(catalog)
+        fields = searcher_text_fields(getattr(retriever, "manifest", None), getattr(reranker, "manifest", None),
+                                      getattr(retriever, "index_dir", "the index"))
+        if not isinstance(catalog, CatalogText):
+            catalog = CatalogText.from_frame(catalog, fields=fields)
+        elif catalog.fields != fields:
+            raise ArtifactError(f"{catalog.source} was read for product text fields {','.join(catalog.fields)}, "
+                                f"but the index uses {','.join(fields)}")
+        self.catalog = catalog
         self._row = {pid: i for i, pid in enumerate(self.catalog.ids)}
         self._titles = self.catalog.titles
         missing = [pid for pid in getattr(retriever, "catalog_ids", []) if pid not in self._row]
@@ -237,6 +250,9 @@ class TwoStageSearcher:
         model_path = Path(str(index_manifest.get("model_path") or ""))
         rpath = Path(reranker) if reranker is not None else None
         has_reranker = rpath is not None and (rpath / "manifest.json").is_file()
+        # Refused before any model loads: the reranker would score text the index never encoded.
+        fields = searcher_text_fields(index_manifest, read_manifest(rpath) if has_reranker else None, index_path,
+                                      rpath)
         if reranker_required is None:
             reranker_required = rpath != Path(DEFAULT_RERANKER_DIR)
         if rpath is not None and not has_reranker:
@@ -275,14 +291,14 @@ class TwoStageSearcher:
                 encoder_job = pool.submit(load_encoder, model_path, "onnx", "fp32",
                                           model_id=str(index_manifest.get("model_id") or ""))
                 model_job = pool.submit(load_reranker, rpath, "onnx", precision) if has_reranker else None
-                catalog_job = pool.submit(CatalogText.read, cat_path)
+                catalog_job = pool.submit(CatalogText.read, cat_path, fields)
                 retriever = Retriever.load(index_path, load_encoder=False).use_encoder(encoder_job.result())
                 model: Any = model_job.result() if model_job else None
                 catalog_text = catalog_job.result()
         else:
             retriever = Retriever.load(index_path)
             model = load_reranker(rpath, "torch", precision) if has_reranker else None  # type: ignore[arg-type]
-            catalog_text = CatalogText.read(cat_path)
+            catalog_text = CatalogText.read(cat_path, fields)
         searcher = cls(retriever, model, catalog_text, weights=weights, catalog_verified=catalog_verified)
         searcher.backend, searcher.precision = backend, precision
         return searcher
@@ -380,6 +396,21 @@ class TwoStageSearcher:
         return [SearchHit(None, pid, self.title(pid), float("nan"),
                           {t: float(probs[i, j]) for j, t in enumerate(self.tasks)}, float(fused[i]))
                 for i, pid in enumerate(product_ids)]
+
+
+def searcher_text_fields(index_manifest: Mapping[str, Any] | None, reranker_manifest: Mapping[str, Any] | None,
+                         index_dir: Any, reranker_dir: Any = None) -> tuple[str, ...]:
+    """The product text fields of a searcher: the index's, which a reranker must share.
+
+    Why refuse a difference rather than use each artefact's own: the catalog check compares
+    the index's text hashes while the reranker scores its own text, so a pair built on
+    different fields could pass one and silently disagree on the other.
+    """
+    indexed = recorded_text_fields(index_manifest)
+    if reranker_manifest is None:
+        return indexed
+    name = f"reranker {reranker_dir}" if reranker_dir is not None else "the reranker"
+    return require_same_text_fields(recorded_text_fields(reranker_manifest), name, indexed, f"index {index_dir}")
 
 
 def _catalog_from_manifest(manifest: Mapping[str, Any]) -> Path:

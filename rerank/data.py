@@ -37,13 +37,14 @@ from pipeline.data import product_text
 from pipeline.core.errors import DataError
 from pipeline.core.tasks import COUNT_COLUMNS, TASKS
 from pipeline.core.runtime import DEFAULT_SEED
+from pipeline.core.text import PRODUCT_TEXT_FIELDS
 
 LABEL_MODES = ("rate", "binary")
 
 
-def text_lookup(catalog: pd.DataFrame) -> dict[str, str]:
-    """product_id -> the shared product text template."""
-    return dict(zip(catalog["product_id"].astype(str), product_text(catalog)))
+def text_lookup(catalog: pd.DataFrame, fields: Sequence[str] = PRODUCT_TEXT_FIELDS) -> dict[str, str]:
+    """product_id -> the shared product text template over ``fields``."""
+    return dict(zip(catalog["product_id"].astype(str), product_text(catalog, fields)))
 
 
 def _shown_rows(engagement: pd.DataFrame, queries: Sequence[str]) -> pd.DataFrame:
@@ -106,7 +107,8 @@ def build_examples(engagement: pd.DataFrame, catalog: pd.DataFrame, queries: Seq
                    candidates: Mapping[str, Sequence[str]] | None = None, negatives: int = 4,
                    label_mode: str = "rate", tasks: Sequence[str] = TASKS, seed: int = DEFAULT_SEED,
                    max_shown_per_query: int | None = None,
-                   examination: Callable[[np.ndarray], np.ndarray] | None = None) -> pd.DataFrame:
+                   examination: Callable[[np.ndarray], np.ndarray] | None = None,
+                   text_fields: Sequence[str] = PRODUCT_TEXT_FIELDS) -> pd.DataFrame:
     """Training pairs with per-task labels and weights.
 
     Columns: query, product_id, text, impressions, clicks, add_to_carts, purchases, source,
@@ -122,7 +124,7 @@ def build_examples(engagement: pd.DataFrame, catalog: pd.DataFrame, queries: Seq
     """
     if label_mode not in LABEL_MODES:
         raise ValueError(f"unknown label mode {label_mode!r}; choose one of {', '.join(LABEL_MODES)}")
-    texts = text_lookup(catalog)
+    texts = text_lookup(catalog, text_fields)
     rng = np.random.default_rng(seed)
     all_shown = _shown_rows(engagement, queries)
     shown = _limit_shown(all_shown, max_shown_per_query, rng)
@@ -159,7 +161,8 @@ def build_examples(engagement: pd.DataFrame, catalog: pd.DataFrame, queries: Seq
 
 def build_eval_pairs(engagement: pd.DataFrame, catalog: pd.DataFrame, queries: Sequence[str], *,
                      candidates: Mapping[str, Sequence[str]] | None = None,
-                     include_shown: bool = True) -> pd.DataFrame:
+                     include_shown: bool = True,
+                     text_fields: Sequence[str] = PRODUCT_TEXT_FIELDS) -> pd.DataFrame:
     """Pairs to score for evaluation, with their engagement counts (zero if never shown).
 
     ``include_shown=True``: shown products plus candidates (validation during training).
@@ -167,7 +170,7 @@ def build_eval_pairs(engagement: pd.DataFrame, catalog: pd.DataFrame, queries: S
     the list a reranker reorders at serving time, so per-task NDCG there is what users see.
     Columns: query, product_id, text, impressions, clicks, add_to_carts, purchases, source, cand_rank.
     """
-    texts = text_lookup(catalog)
+    texts = text_lookup(catalog, text_fields)
     shown = _shown_rows(engagement, queries)
     rows = []
     if candidates is not None:

@@ -41,6 +41,7 @@ from pipeline.core.artifacts import (BUNDLED_SHA256, atomic_directory, build_man
                                 read_manifest, require_compatible, sha256_file, write_manifest)
 from pipeline.core.errors import ArtifactError
 from pipeline.core.runtime import quiet_transformers
+from pipeline.core.text import PRODUCT_TEXT_FIELDS
 from rerank import DEFAULT_MAX_LENGTH
 from rerank.heads import ARCHITECTURES, HEAD_MODES, TASKS, build_head, log_probs
 
@@ -202,8 +203,10 @@ class MultiTaskCrossEncoder(nn.Module):
     # ------------------------------------------------------------------ persistence
     def save(self, out_dir: str | os.PathLike[str], *, seed: int | None = None,
              data_fingerprint: str | None = None, report: Mapping[str, Any] | None = None,
-             extra_state: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
-        """Write the model directory atomically; return its manifest."""
+             extra_state: Mapping[str, torch.Tensor] | None = None,
+             text_fields: Sequence[str] = PRODUCT_TEXT_FIELDS) -> dict[str, Any]:
+        """Write the model directory atomically; return its manifest. ``text_fields``: the
+        product text fields the model was trained on (every scorer must build the same text)."""
         from safetensors.torch import save_file
 
         if self.quantized:
@@ -223,6 +226,7 @@ class MultiTaskCrossEncoder(nn.Module):
                 inputs={"base_encoder": getattr(self, "base_encoder", None), "data_fingerprint": data_fingerprint},
                 tasks=list(self.tasks), architecture=self.config.architecture, heads=self.config.heads,
                 max_length=self.config.max_length, seed=seed, encoder_checksum=enc_sha,
+                text_fields=list(text_fields),
                 checksums={f"{ENCODER_DIR}/model.safetensors": enc_sha, HEADS_FILE: sha256_file(tmp / HEADS_FILE)},
                 report=dict(report or {}),
             )

@@ -36,6 +36,7 @@ from pipeline.core.artifacts import fingerprint_frame, scratch_directory, writes
 from pipeline.data import Dataset
 from pipeline.core.errors import DataError
 from pipeline.core.runtime import DEFAULT_SEED, seed_everything
+from pipeline.core.text import PRODUCT_TEXT_FIELDS
 from rerank import DEFAULT_MAX_LENGTH
 from rerank.batching import GroupBatchSampler
 from rerank.data import build_eval_pairs, build_examples
@@ -204,7 +205,8 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
                    objective: str = "both", rank_weight: float = 1.0, point_weight: float = 1.0,
                    debias: str = "none", propensities: Sequence[float] | None = None,
                    prior: Callable[[Sequence[str], Sequence[str]], np.ndarray] | None = None,
-                   prior_weight: float = 0.0, progress: bool = True) -> dict[str, Any]:
+                   prior_weight: float = 0.0, progress: bool = True,
+                   text_fields: Sequence[str] = PRODUCT_TEXT_FIELDS) -> dict[str, Any]:
     """Train, validate per epoch, keep the best epoch, save to ``out_dir``; return a report.
 
     ``candidates``: retriever top-N per train/valid query (computed by the caller); sampled
@@ -217,6 +219,8 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
     needs the engagement's mean ``position``).
     ``prior`` (queries, product ids) -> the retriever's similarity per pair, distilled with
     weight ``prior_weight`` (:class:`rerank.losses.MultiTaskLoss`); both or neither.
+    ``text_fields``: the catalog columns of the product text; recorded in the manifest, so
+    every scorer builds the text this model was trained on.
     """
     _require(dataset)
     if debias not in DEBIAS_MODES:
@@ -239,8 +243,10 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
     examples = build_examples(dataset.engagement, dataset.catalog, train_q, candidates=candidates,
                               negatives=negatives, label_mode=label_mode, tasks=tasks, seed=seed,
                               max_shown_per_query=max_shown_per_query,
-                              examination=_examination(propensities) if debias == "ipw" else None)
-    valid_pairs = build_eval_pairs(dataset.engagement, dataset.catalog, valid_q, candidates=candidates)
+                              examination=_examination(propensities) if debias == "ipw" else None,
+                              text_fields=text_fields)
+    valid_pairs = build_eval_pairs(dataset.engagement, dataset.catalog, valid_q, candidates=candidates,
+                                   text_fields=text_fields)
     if valid_pairs.empty:
         raise DataError("queries: no validation pairs (no split == 'valid' queries with engagement)")
 
@@ -313,7 +319,7 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
     if uncertainty:
         report["learned_log_vars"] = [round(float(v), 4) for v in loss.log_vars.detach()]
     extra = {"loss.log_vars": loss.log_vars.detach()} if uncertainty else None
-    manifest = model.save(out_dir, seed=seed, data_fingerprint=data_fp, extra_state=extra,
+    manifest = model.save(out_dir, seed=seed, data_fingerprint=data_fp, extra_state=extra, text_fields=text_fields,
                           report={k: v for k, v in report.items() if k != "history"})
     report["manifest_id"] = manifest["id"]
     report["model"] = model

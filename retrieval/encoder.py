@@ -8,7 +8,8 @@ Why a wrapper around ``SentenceTransformer`` at all:
   claims to be that model (byte-identical model card) or a shoprank-trained model (its
   ``manifest.json`` records ``weights_sha256``) must still match it, or we refuse to load.
 * **One text template.** Product text comes from :func:`pipeline.data.product_text`, the
-  template shared with the cross-encoder, so both stages read the same fields.
+  template shared with the cross-encoder; a trained model records the fields it learned
+  from (:func:`model_text_fields`), and indexes built with it use the same ones.
 
 Queries and products share one model (a symmetric bi-encoder): short product titles and
 short queries live in the same space, and one model halves memory and checksum work.
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.artifacts import BUNDLED_MODEL_NAME, BUNDLED_SHA256, MANIFEST, bundled_model_path, sha256_file
+from pipeline.core.text import PRODUCT_TEXT_FIELDS
 from pipeline.core.errors import ArtifactError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -80,6 +82,22 @@ def verify_model_folder(folder: Path) -> tuple[str, str]:
     return digest, folder.name
 
 
+def model_text_fields(folder: str | os.PathLike[str]) -> tuple[str, ...] | None:
+    """The product text fields a shoprank-trained retriever was trained on (its manifest), or
+    None for a model that records none (the bundled MiniLM, any other sentence-transformers
+    folder): such a model may encode whatever fields an index asks for."""
+    from pipeline.core.text import recorded_text_fields
+
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path}: unreadable manifest ({exc.__class__.__name__})") from None
+    return recorded_text_fields(manifest) if manifest.get("kind") == RETRIEVER_KIND else None
+
+
 class BiEncoder:
     """A verified sentence-transformers model with query/product encoding helpers.
 
@@ -134,8 +152,9 @@ class BiEncoder:
         """Product vectors from :func:`pipeline.data.product_text` strings, float32 (n, dim), unit length."""
         return self._encode(texts, batch_size, show_progress)
 
-    def encode_catalog(self, catalog: Any, batch_size: int = 64, show_progress: bool = True) -> np.ndarray:
-        """Encode a catalog DataFrame through the one shared product text template."""
+    def encode_catalog(self, catalog: Any, batch_size: int = 64, show_progress: bool = True,
+                       fields: Sequence[str] = PRODUCT_TEXT_FIELDS) -> np.ndarray:
+        """Encode a catalog DataFrame through the one shared product text template over ``fields``."""
         from pipeline.data import product_text
 
-        return self.encode_products(product_text(catalog), batch_size=batch_size, show_progress=show_progress)
+        return self.encode_products(product_text(catalog, fields), batch_size=batch_size, show_progress=show_progress)

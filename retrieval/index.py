@@ -35,7 +35,7 @@ from pipeline.core.artifacts import (
 )
 from pipeline.core.errors import ArtifactError, DataError
 from pipeline.core.runtime import DEFAULT_SEED
-from pipeline.core.text import PRODUCT_TEXT_FIELDS
+from pipeline.core.text import PRODUCT_TEXT_FIELDS, TEXT_FIELDS_KEY, fingerprint_columns, recorded_text_fields
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -51,8 +51,6 @@ STATUS_FILE = "status.npy"
 TEXT_HASHES_FILE = "text_hashes.npy"
 LIVE, REMOVED, TOMBSTONED = 0, 1, 2
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")
-#: Catalog columns whose change makes an index stale: the id and every field of the product text.
-CATALOG_FP_COLUMNS = ["product_id", *PRODUCT_TEXT_FIELDS]
 
 
 def default_factory(index_type: str, n: int, dim: int, **params: Any) -> tuple[str, dict[str, Any]]:
@@ -181,13 +179,14 @@ def build_from_vectors(vectors: np.ndarray, ids: Sequence[str], out_dir: str | o
                        index_type: str = "flat", factory: str | None = None, model: dict[str, Any] | None = None,
                        catalog_fingerprint: str | None = None, seed: int = DEFAULT_SEED,
                        text_hashes: np.ndarray | None = None, catalog: dict[str, Any] | None = None,
-                       **params: Any) -> dict[str, Any]:
+                       text_fields: Sequence[str] | None = None, **params: Any) -> dict[str, Any]:
     """Build and save an index from precomputed unit vectors (the encoder-free core of
     :func:`build_index`; the benchmark uses it on synthetic vectors).
 
     ``text_hashes``: per vector, the hash of the product text it was encoded from (stored, so
     searchers can refuse a changed catalog); ``catalog``: the catalog file's ``path`` and
-    ``sha256``, recorded in the manifest's inputs.
+    ``sha256``, recorded in the manifest's inputs; ``text_fields``: the product text fields the
+    vectors were encoded from (recorded when given; synthetic vectors have none).
     """
     faiss = _faiss()
     check_build_options(index_type, factory, {k: v for k, v in params.items() if k in _SEARCH_PARAMS})
@@ -243,6 +242,7 @@ def build_from_vectors(vectors: np.ndarray, ids: Sequence[str], out_dir: str | o
             dim=dim, count=n, live=n, tombstoned=0, removed=0,
             metric="inner_product", normalized=True, index_type=index_type, factory=factory,
             search_params=search_params, catalog_fingerprint=catalog_fingerprint,
+            **({TEXT_FIELDS_KEY: list(text_fields)} if text_fields is not None else {}),
             build_seconds=round(build_seconds, 3), query_latency_ms=latency_ms, index_sha256=digest,
             index_bytes=(tmp / INDEX_FILE).stat().st_size, updates=[],
         )
@@ -255,41 +255,64 @@ def build_from_vectors(vectors: np.ndarray, ids: Sequence[str], out_dir: str | o
 def build_index(catalog_df: "pd.DataFrame", encoder: "BiEncoder", out_dir: str | os.PathLike[str],
                 index_type: str = "flat", *, factory: str | None = None, batch_size: int = 64,
                 show_progress: bool = True, catalog_path: str | os.PathLike[str] | None = None,
-                **params: Any) -> dict[str, Any]:
+                text_fields: Sequence[str] | None = None, **params: Any) -> dict[str, Any]:
     """Encode a catalog with ``encoder`` and write a complete index directory to ``out_dir``.
 
     ``catalog_path``: the file ``catalog_df`` was read from; recorded (with its sha256) so
-    searchers default to it and can tell when it changed. Returns the manifest, with
-    ``encode_seconds`` added (encoding dominates on CPU).
+    searchers default to it and can tell when it changed. ``text_fields``: the product text
+    fields to encode (None: the model's own, see :func:`index_text_fields`). Returns the
+    manifest, with ``encode_seconds`` added (encoding dominates on CPU).
     """
     check_build_options(index_type, factory, {k: v for k, v in params.items() if k in _SEARCH_PARAMS})
     if "product_id" not in catalog_df.columns:
         raise DataError("catalog: missing column 'product_id'")
+    fields = index_text_fields(encoder, text_fields)
+    hashes = product_text_hashes(catalog_df, fields)  # refuses a missing column before encoding
     catalog: dict[str, Any] = {}
     stat: list[int] = []
     if catalog_path is not None:
         digest, stat = hash_file(catalog_path)
         catalog = {"catalog": str(Path(catalog_path).resolve()), "catalog_sha256": digest}
     started = time.perf_counter()
-    vectors = encoder.encode_catalog(catalog_df, batch_size=batch_size, show_progress=show_progress)
+    vectors = encoder.encode_catalog(catalog_df, batch_size=batch_size, show_progress=show_progress, fields=fields)
     encode_seconds = time.perf_counter() - started
-    fp = fingerprint_frame(catalog_df, [c for c in CATALOG_FP_COLUMNS if c in catalog_df.columns])
+    fp = fingerprint_frame(catalog_df, [c for c in fingerprint_columns(fields) if c in catalog_df.columns])
     manifest = build_from_vectors(vectors, catalog_df["product_id"].astype(str).tolist(), out_dir,
                                   index_type=index_type, factory=factory, model=encoder.describe(),
-                                  catalog_fingerprint=fp, text_hashes=product_text_hashes(catalog_df),
-                                  catalog=catalog, **params)
+                                  catalog_fingerprint=fp, text_hashes=hashes,
+                                  catalog=catalog, text_fields=fields, **params)
     if catalog_path is not None:
         remember_sha256(catalog_path, catalog["catalog_sha256"], stat)  # the first search need not re-hash it
     manifest["encode_seconds"] = round(encode_seconds, 3)
     return manifest
 
 
-def product_text_hashes(catalog_df: "pd.DataFrame") -> np.ndarray:
-    """:func:`pipeline.core.text.text_hash` of each product's text (the text that is encoded)."""
+def index_text_fields(encoder: Any, requested: Sequence[str] | None) -> tuple[str, ...]:
+    """The product text fields an index encodes: ``requested``, else the ones the model was
+    trained on, else the default template.
+
+    A shoprank-trained retriever asked to encode other fields is refused: its vectors would
+    come from text it never learned to read, and the index/model pair would disagree.
+    """
+    from retrieval.encoder import model_text_fields
+
+    path = getattr(encoder, "path", None)
+    trained = model_text_fields(path) if path is not None else None
+    if requested is None:
+        return trained or PRODUCT_TEXT_FIELDS
+    requested = tuple(requested)
+    if trained is not None and requested != trained:
+        raise ArtifactError(f"retriever {path} was trained on product text fields {','.join(trained)}, not "
+                            f"{','.join(requested)}; drop --text-fields or retrain with matching --text-fields")
+    return requested
+
+
+def product_text_hashes(catalog_df: "pd.DataFrame", fields: Sequence[str] = PRODUCT_TEXT_FIELDS) -> np.ndarray:
+    """:func:`pipeline.core.text.text_hash` of each product's text over ``fields`` (the text that is encoded)."""
     from pipeline.core.text import text_hash
     from pipeline.data import product_text
 
-    return np.asarray([text_hash(t) for t in product_text(catalog_df)], dtype=np.int64)
+    return np.asarray([text_hash(t) for t in product_text(catalog_df, fields)], dtype=np.int64)
 
 
 def _read_index(index_dir: Path, manifest: dict[str, Any], mmap: bool, with_torch: bool = True) -> Any:
@@ -386,6 +409,11 @@ class Retriever:
         return self
 
     @property
+    def text_fields(self) -> tuple[str, ...]:
+        """The product text fields this index's vectors were encoded from."""
+        return recorded_text_fields(self.manifest)
+
+    @property
     def catalog_ids(self) -> list[str]:
         """Product ids currently searchable (live slots), in slot order."""
         return self.ids[self.status == LIVE].tolist()
@@ -435,7 +463,8 @@ class Retriever:
             "live": int((self.status == LIVE).sum()), "tombstoned": int((self.status == TOMBSTONED).sum()),
             "removed": int((self.status == REMOVED).sum()), "vectors_in_faiss": int(self.index.ntotal),
             "model_id": m.get("model_id"), "model_path": m.get("model_path"),
-            "catalog_fingerprint": m.get("catalog_fingerprint"), "build_seconds": m.get("build_seconds"),
+            "catalog_fingerprint": m.get("catalog_fingerprint"), "text_fields": list(self.text_fields),
+            "build_seconds": m.get("build_seconds"),
             "query_latency_ms": m.get("query_latency_ms"),
             "index_bytes": m.get("index_bytes"), "created": m.get("created"), "updates": len(m.get("updates") or []),
         }
@@ -520,7 +549,10 @@ def add_products(index_dir: str | os.PathLike[str], catalog_df: "pd.DataFrame", 
     if len(set(new_ids.tolist())) != len(new_ids):
         raise DataError("product_id: duplicate ids in the products to add")
     assert retriever.encoder is not None
-    vectors = retriever.encoder.encode_catalog(catalog_df, batch_size=batch_size, show_progress=show_progress)
+    fields = retriever.text_fields  # added products read like the ones already indexed
+    hashes_added = product_text_hashes(catalog_df, fields)
+    vectors = retriever.encoder.encode_catalog(catalog_df, batch_size=batch_size, show_progress=show_progress,
+                                               fields=fields)
     index, ids, status = retriever.index, retriever.ids.astype(str), retriever.status.copy()
     replace = np.flatnonzero(np.isin(ids, new_ids) & (status == LIVE))
     how = _remove_slots(index, status, replace)
@@ -528,7 +560,7 @@ def add_products(index_dir: str | os.PathLike[str], catalog_df: "pd.DataFrame", 
     ids = np.concatenate([ids, new_ids.astype(str)])  # numpy widens the string dtype as needed
     status = np.concatenate([status, np.zeros(len(new_ids), dtype=np.int8)])
     hashes = (None if retriever.text_hashes is None
-              else np.concatenate([retriever.text_hashes, product_text_hashes(catalog_df)]))
+              else np.concatenate([retriever.text_hashes, hashes_added]))
     encoded_with = retriever.encoder.describe().get("encoded_with", "torch-fp32")
     return _save_updated(retriever, index, ids, status,
                          {"op": "add", "added": int(len(new_ids)), "replaced": int(len(replace)), "removal": how,
@@ -571,4 +603,4 @@ def compact_index(index_dir: str | os.PathLike[str]) -> dict[str, Any]:
                               catalog_fingerprint=m.get("catalog_fingerprint"),
                               text_hashes=None if retriever.text_hashes is None else retriever.text_hashes[live_slots],
                               catalog={k: v for k, v in (m.get("inputs") or {}).items() if k in ("catalog", "catalog_sha256")},
-                              **(m.get("search_params") or {}))
+                              text_fields=m.get(TEXT_FIELDS_KEY), **(m.get("search_params") or {}))

@@ -13,15 +13,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.core.errors import DataError
+from pipeline.core.text import PRODUCT_TEXT_FIELDS
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
 
 class BM25Retriever:
-    """Okapi BM25 over :func:`pipeline.data.product_text` (English stop words, no stemming)."""
+    """Okapi BM25 over :func:`pipeline.data.product_text` of ``fields`` (English stop words, no stemming)."""
 
-    def __init__(self, catalog_df: "pd.DataFrame", *, k1: float = 1.5, b: float = 0.75) -> None:
+    def __init__(self, catalog_df: "pd.DataFrame", *, k1: float = 1.5, b: float = 0.75,
+                 fields: Sequence[str] = PRODUCT_TEXT_FIELDS) -> None:
         import bm25s
 
         from pipeline.data import product_text
@@ -30,7 +32,7 @@ class BM25Retriever:
             raise DataError("catalog is empty: nothing to index")
         self.catalog_ids = catalog_df["product_id"].astype(str).tolist()
         self._ids = np.asarray(self.catalog_ids)
-        tokens = bm25s.tokenize(product_text(catalog_df), stopwords="en", show_progress=False)
+        tokens = bm25s.tokenize(product_text(catalog_df, fields), stopwords="en", show_progress=False)
         self._vocab = tokens.vocab
         self._model = bm25s.BM25(k1=k1, b=b)
         self._model.index(tokens, show_progress=False)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core.text import PRODUCT_TEXT_FIELDS
 from pipeline.core.errors import ArtifactError
 from pipeline.core.cache import LRUCache
 from pipeline.core.onnx import (FastTokenizer, export_module, length_sorted_batches, load_export,
@@ -161,9 +162,10 @@ class OnnxBiEncoder:
                                 console=Console(stderr=True))]
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
 
-    def encode_catalog(self, catalog: Any, batch_size: int = 64, show_progress: bool = True) -> np.ndarray:
-        """Encode a catalog DataFrame through the one shared product text template."""
+    def encode_catalog(self, catalog: Any, batch_size: int = 64, show_progress: bool = True,
+                       fields: Sequence[str] = PRODUCT_TEXT_FIELDS) -> np.ndarray:
+        """Encode a catalog DataFrame through the one shared product text template over ``fields``."""
         from pipeline.data import product_text
 
-        return self.encode_products(product_text(catalog), batch_size=batch_size, show_progress=show_progress)
+        return self.encode_products(product_text(catalog, fields), batch_size=batch_size, show_progress=show_progress)
 

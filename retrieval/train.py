@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ from pipeline.core.artifacts import (atomic_directory, build_manifest, fingerpri
                                      write_manifest, writes_output)
 from pipeline.core.errors import DataError
 from pipeline.core.runtime import DEFAULT_SEED, seed_everything
+from pipeline.core.text import PRODUCT_TEXT_FIELDS
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -74,7 +76,8 @@ def mine_hard_negatives(pairs: "pd.DataFrame", engaged: dict[str, set[str]], que
 
 def build_training_rows(dataset: "Dataset", encoder: "BiEncoder", *, hard_negatives: bool = True,
                         max_rows: int | None = None, seed: int = DEFAULT_SEED, show_progress: bool = True,
-                        product_vecs: np.ndarray | None = None) -> dict[str, list[str]]:
+                        product_vecs: np.ndarray | None = None,
+                        text_fields: Sequence[str] = PRODUCT_TEXT_FIELDS) -> dict[str, list[str]]:
     """Columns (anchor, positive[, negative]) for the trainer, depth-weighted and shuffled.
 
     ``max_rows`` keeps a random subset of the depth-repeated rows, which is the same as
@@ -89,7 +92,7 @@ def build_training_rows(dataset: "Dataset", encoder: "BiEncoder", *, hard_negati
         raise DataError("queries: no rows with split == 'train'")
     pairs = engagement_pairs(dataset.engagement, train_q)
     catalog = dataset.catalog
-    texts = dict(zip(catalog["product_id"].astype(str), product_text(catalog)))
+    texts = dict(zip(catalog["product_id"].astype(str), product_text(catalog, text_fields)))
     unknown = sorted(set(pairs["product_id"]) - set(texts))
     if unknown:
         raise DataError(f"engagement: product_id {unknown[0]!r} not in the catalog ({len(unknown)} unknown)")
@@ -126,10 +129,14 @@ def build_training_rows(dataset: "Dataset", encoder: "BiEncoder", *, hard_negati
 def train_retriever(dataset: "Dataset", out_dir: str | os.PathLike[str], *, base_model: str | os.PathLike[str] | None = None,
                     epochs: int = 2, batch_size: int = 32, learning_rate: float = 5e-5, max_seq_length: int = 64,
                     hard_negatives: bool = True, max_rows: int | None = 1536, max_steps: int = -1,
-                    seed: int = DEFAULT_SEED, show_progress: bool = True) -> dict[str, Any]:
+                    seed: int = DEFAULT_SEED, show_progress: bool = True,
+                    text_fields: Sequence[str] = PRODUCT_TEXT_FIELDS) -> dict[str, Any]:
     """Fine-tune a bi-encoder on engagement and save it to ``out_dir``; returns a report with
     per-epoch validation metrics. Test-split numbers are ``pipeline evaluate``'s job alone,
-    so training never looks at (or reports) the split models are finally judged on."""
+    so training never looks at (or reports) the split models are finally judged on.
+
+    ``text_fields``: the catalog columns of the product text; recorded in the manifest, so
+    indexes built with this model encode products the way it was trained to read them."""
     from pipeline.data import product_text
     from retrieval.encoder import BiEncoder
     from retrieval.evaluation import RetrievalEvaluator, qrels_for
@@ -144,7 +151,8 @@ def train_retriever(dataset: "Dataset", out_dir: str | os.PathLike[str], *, base
     if catalog["product_id"].astype(str).duplicated().any():
         raise DataError("catalog: product_id is not unique")
     valid_q = dataset.split_queries("valid")
-    evaluator = RetrievalEvaluator(valid_q, product_text(catalog), catalog["product_id"].astype(str).tolist(),
+    text_fields = tuple(text_fields)
+    evaluator = RetrievalEvaluator(valid_q, product_text(catalog, text_fields), catalog["product_id"].astype(str).tolist(),
                                    qrels_for(dataset, valid_q), name="valid")
     if not evaluator.queries:
         raise DataError("queries: no valid-split query has relevance labels; cannot select the best epoch")
@@ -152,7 +160,7 @@ def train_retriever(dataset: "Dataset", out_dir: str | os.PathLike[str], *, base
     # validation and the zero-shot test row (encoding dominates the CPU cost).
     base_vecs = base.encode_products(evaluator.product_texts, show_progress=show_progress)
     rows = build_training_rows(dataset, base, hard_negatives=hard_negatives, max_rows=max_rows, seed=seed,
-                               show_progress=show_progress, product_vecs=base_vecs)
+                               show_progress=show_progress, product_vecs=base_vecs, text_fields=text_fields)
     zero_shot_valid = evaluator.evaluate_model(base.model, product_vecs=base_vecs)
 
     import torch
@@ -194,7 +202,7 @@ def train_retriever(dataset: "Dataset", out_dir: str | os.PathLike[str], *, base
                     "catalog_fingerprint": fingerprint_frame(catalog),
                     "engagement_fingerprint": fingerprint_frame(dataset.engagement)},
             name=f"shoprank-retriever ({base.name} fine-tuned)", weights_sha256=sha256_file(tmp / "model.safetensors"),
-            dim=base.dim, normalized=True, train_rows=len(rows["anchor"]), valid_history=history,
+            dim=base.dim, normalized=True, text_fields=list(text_fields), train_rows=len(rows["anchor"]), valid_history=history,
             best_epoch=best["epoch"] if best else None, zero_shot_valid=zero_shot_valid,
             best_checkpoint=Path(best_checkpoint).name if best_checkpoint else None,
         )

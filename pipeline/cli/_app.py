@@ -54,3 +54,16 @@ def print_table(rows: Sequence[Mapping[str, Any]], title: str | None = None,
 def info(message: str) -> None:
     """Progress / status text goes to stderr so stdout stays clean for --json."""
     sys.stderr.write(message + "\n")
+
+
+def text_fields_option(default_help: str) -> Any:
+    """The ``--text-fields`` option (one spelling and parse for every command that has it)."""
+    return typer.Option(None, "--text-fields", help="Comma-separated catalog columns of the product text, e.g. "
+                        f"title,brand,description ({default_help}). pipeline.toml: text_fields.")
+
+
+def parse_fields(spec: str | None) -> tuple[str, ...] | None:
+    """``--text-fields`` as a tuple; None when not given (the command's default applies)."""
+    from pipeline.core.text import parse_text_fields
+
+    return None if spec is None else parse_text_fields(spec)

@@ -13,7 +13,7 @@ import typer
 
 from rerank import DEFAULT_MAX_LENGTH
 
-from pipeline.cli._app import app, emit_json, info, print_table
+from pipeline.cli._app import app, emit_json, info, parse_fields, print_table, text_fields_option
 from pipeline.config import (DEFAULT_CANDIDATES, DEFAULT_DATA_DIR, DEFAULT_DOMAIN_BERT_DIR, DEFAULT_RERANKER_DIR,
                              DEFAULT_RUNS_DIR, DEFAULT_SEED, POSITIONS_FILE)
 
@@ -81,6 +81,7 @@ def train_reranker_cmd(
     candidates: int = typer.Option(DEFAULT_CANDIDATES, "--candidates", min=1, help="Retriever candidates per query (with --index)."),
     prior_weight: float = typer.Option(0.0, "--prior-weight", min=0.0, help="Weight of the retriever-order distillation term (needs --index)."),
     seed: int = typer.Option(DEFAULT_SEED, "--seed"),
+    text_fields: Optional[str] = text_fields_option("default: the index's with --index, else title,brand,category,attributes"),
     json_out: bool = _JSON,
 ) -> None:
     """Train the multi-task cross-encoder (click / add-to-cart / purchase) on engagement logs."""
@@ -97,7 +98,8 @@ def train_reranker_cmd(
                 label_mode=label_mode, task_weights=weights, uncertainty=uncertainty, epochs=epochs,
                 batch_size=batch_size, max_length=max_length, negatives=negatives, max_queries=max_queries,
                 max_shown_per_query=max_shown, seed=seed, progress=not json_out, debias=debias,
-                positions=positions or _default_positions(data), prior_weight=prior_weight)
+                positions=positions or _default_positions(data), prior_weight=prior_weight,
+                text_fields=parse_fields(text_fields))
     except ValueError as exc:
         _bad(exc)
     report = public_report(report)

@@ -13,6 +13,10 @@ and when evaluation slices metrics by it. A leaf module (no pandas, no stages).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pipeline.core.errors import ArtifactError, ShoprankError
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 
@@ -38,15 +42,57 @@ def content_words(text: str) -> frozenset[str]:
     return frozenset(t for t in tokens(text) if t not in STOP_WORDS)
 
 
-#: Catalog fields that make up the product text, in order.
+#: Catalog fields that make up the product text by default, in order. Description is left
+#: out by default because it is long, repetitive and dilutes the short fields that queries
+#: actually match; ``--text-fields`` / ``text_fields`` in pipeline.toml choose others.
 PRODUCT_TEXT_FIELDS = ("title", "brand", "category", "attributes")
+#: The manifest key under which every artefact made from product text records its fields.
+TEXT_FIELDS_KEY = "text_fields"
 
 
-def join_product_fields(values: "tuple[object, ...] | list[object]") -> str:
-    """``"{title} | {brand} | {category} | {attributes}"`` with empty/missing parts dropped.
+def parse_text_fields(spec: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The field list of ``--text-fields`` (``"title,description"``) or a TOML list; None =
+    the default template. Empty or repeated names are a one-line error, because they would
+    silently make a different text than the user asked for."""
+    if spec is None:
+        return PRODUCT_TEXT_FIELDS
+    names = spec.split(",") if isinstance(spec, str) else [str(s) for s in spec]
+    fields = tuple(n.strip() for n in names)
+    if not fields or any(not f for f in fields):
+        raise ShoprankError(f"--text-fields: expected comma-separated catalog columns, got {spec!r}")
+    repeated = next((f for i, f in enumerate(fields) if f in fields[:i]), None)
+    if repeated:
+        raise ShoprankError(f"--text-fields: {repeated!r} is named twice")
+    return fields
 
-    The title comes first because encoders truncate from the end; description is left out
-    because it is long, repetitive and dilutes the short fields that queries actually match.
+
+def recorded_text_fields(manifest: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The product text fields an artefact was made with; artefacts written before the fields
+    were recorded used the default template."""
+    value = (manifest or {}).get(TEXT_FIELDS_KEY)
+    return tuple(value) if value else PRODUCT_TEXT_FIELDS
+
+
+def fingerprint_columns(fields: Sequence[str]) -> list[str]:
+    """Catalog columns whose change makes an index stale: the id and every text field."""
+    return ["product_id", *fields]
+
+
+def require_same_text_fields(first: Sequence[str], first_name: str,
+                             second: Sequence[str], second_name: str) -> tuple[str, ...]:
+    """The fields two artefacts share, or a one-line ArtifactError when they were made from
+    different product text (one would score text the other never saw)."""
+    a, b = tuple(first), tuple(second)
+    if a != b:
+        raise ArtifactError(f"{first_name} uses product text fields {','.join(a)} but {second_name} uses "
+                            f"{','.join(b)}; rebuild one of them with matching --text-fields")
+    return a
+
+
+def join_product_fields(values: tuple[object, ...] | list[object]) -> str:
+    """The chosen fields' values joined by ``" | "``, empty/missing parts dropped.
+
+    The title comes first in the default because encoders truncate from the end.
     """
     parts = ("" if v is None or (isinstance(v, float) and v != v) else str(v) for v in values)
     return " | ".join(p.strip() for p in parts if p and p.strip())

@@ -8,7 +8,7 @@ their numbers comparable.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,17 +49,25 @@ class Dataset:
         return self.queries.loc[self.queries["split"] == split, "query"].tolist()
 
 
-def product_text_fields(catalog: pd.DataFrame) -> dict[str, list[str]]:
-    """The catalog columns the product text is made of (:data:`PRODUCT_TEXT_FIELDS`), as
-    strings with missing values and missing columns as ``""``."""
-    parts = catalog.reindex(columns=list(PRODUCT_TEXT_FIELDS)).fillna("").astype(str)
-    return {field: parts[field].tolist() for field in PRODUCT_TEXT_FIELDS}
+def product_text_fields(catalog: pd.DataFrame, fields: Sequence[str] = PRODUCT_TEXT_FIELDS) -> dict[str, list[str]]:
+    """The catalog columns the product text is made of (``fields``, default
+    :data:`PRODUCT_TEXT_FIELDS`), as strings with missing values as ``""``.
+
+    A default field the catalog lacks reads as empty (the contract makes them optional); any
+    other field must be a column, or the text would silently lack what the user chose.
+    """
+    missing = next((f for f in fields if f not in catalog.columns and f not in PRODUCT_TEXT_FIELDS), None)
+    if missing is not None:
+        raise DataError(f"catalog: no column {missing!r} (named in the product text fields {','.join(fields)})")
+    parts = catalog.reindex(columns=list(fields)).fillna("").astype(str)
+    return {field: parts[field].tolist() for field in fields}
 
 
-def product_text(catalog: pd.DataFrame) -> list[str]:
+def product_text(catalog: pd.DataFrame, fields: Sequence[str] = PRODUCT_TEXT_FIELDS) -> list[str]:
     """The ONE product text template shared by the bi-encoder and the cross-encoder
-    (:func:`pipeline.core.text.join_product_fields`: title | brand | category | attributes)."""
-    return [join_product_fields(row) for row in zip(*product_text_fields(catalog).values())]
+    (:func:`pipeline.core.text.join_product_fields` over ``fields``, by default
+    title | brand | category | attributes)."""
+    return [join_product_fields(row) for row in zip(*product_text_fields(catalog, fields).values())]
 
 
 def qrels_dict(qrels: pd.DataFrame) -> dict[str, dict[str, int]]:

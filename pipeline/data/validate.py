@@ -139,6 +139,10 @@ def load_catalog(source: str | Path | pd.DataFrame, mapping: Mapping | str | Pat
         out["price"] = np.nan
     if "rating" in frame.columns:
         out["rating"] = pd.to_numeric(frame["rating"], errors="coerce").astype(np.float64).to_numpy()
+    # Other columns pass through untouched: --text-fields may name them.
+    for col in frame.columns:
+        if col not in out.columns:
+            out[col] = frame[col].to_numpy()
     if section.id_from:   # every row was checked above, so errors still name file rows
         out = out[~dup]
         if report is not None:
