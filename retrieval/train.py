@@ -130,16 +130,20 @@ def train_retriever(dataset: "Dataset", out_dir: str | os.PathLike[str], *, base
                     epochs: int = 2, batch_size: int = 32, learning_rate: float = 5e-5, max_seq_length: int = 64,
                     hard_negatives: bool = True, max_rows: int | None = 1536, max_steps: int = -1,
                     seed: int = DEFAULT_SEED, show_progress: bool = True,
-                    text_fields: Sequence[str] = PRODUCT_TEXT_FIELDS) -> dict[str, Any]:
+                    text_fields: Sequence[str] = PRODUCT_TEXT_FIELDS,
+                    max_valid_products: int = 5000) -> dict[str, Any]:
     """Fine-tune a bi-encoder on engagement and save it to ``out_dir``; returns a report with
     per-epoch validation metrics. Test-split numbers are ``pipeline evaluate``'s job alone,
     so training never looks at (or reports) the split models are finally judged on.
 
     ``text_fields``: the catalog columns of the product text; recorded in the manifest, so
-    indexes built with this model encode products the way it was trained to read them."""
+    indexes built with this model encode products the way it was trained to read them.
+    ``max_valid_products``: per-epoch validation searches a fixed pool of at most this many
+    products (:func:`retrieval.evaluation.validation_pool`) instead of re-encoding a larger
+    catalog every epoch."""
     from pipeline.data import product_text
     from retrieval.encoder import BiEncoder
-    from retrieval.evaluation import RetrievalEvaluator, qrels_for
+    from retrieval.evaluation import RetrievalEvaluator, qrels_for, validation_pool
 
     if dataset.catalog is None or dataset.engagement is None or dataset.queries is None:
         raise DataError("train-retriever needs a catalog, engagement and queries (pass --data DIR or the three files)")
@@ -152,16 +156,21 @@ def train_retriever(dataset: "Dataset", out_dir: str | os.PathLike[str], *, base
         raise DataError("catalog: product_id is not unique")
     valid_q = dataset.split_queries("valid")
     text_fields = tuple(text_fields)
-    evaluator = RetrievalEvaluator(valid_q, product_text(catalog, text_fields), catalog["product_id"].astype(str).tolist(),
-                                   qrels_for(dataset, valid_q), name="valid")
-    if not evaluator.queries:
+    texts = product_text(catalog, text_fields)
+    ids = catalog["product_id"].astype(str).tolist()
+    valid_qrels = qrels_for(dataset, valid_q)
+    valid_q = [q for q in valid_q if q in valid_qrels]
+    if not valid_q:
         raise DataError("queries: no valid-split query has relevance labels; cannot select the best epoch")
-    # The catalog is encoded once with the starting model and reused for mining, zero-shot
-    # validation and the zero-shot test row (encoding dominates the CPU cost).
-    base_vecs = base.encode_products(evaluator.product_texts, show_progress=show_progress)
+    # The catalog is encoded once with the starting model and reused for mining, the
+    # validation pool and zero-shot validation (encoding dominates the CPU cost).
+    base_vecs = base.encode_products(texts, show_progress=show_progress)
     rows = build_training_rows(dataset, base, hard_negatives=hard_negatives, max_rows=max_rows, seed=seed,
                                show_progress=show_progress, product_vecs=base_vecs, text_fields=text_fields)
-    zero_shot_valid = evaluator.evaluate_model(base.model, product_vecs=base_vecs)
+    pool = validation_pool(valid_q, valid_qrels, ids, base.encode_queries(valid_q) if len(ids) > max_valid_products
+                           else np.empty((0, base.dim), np.float32), base_vecs, max_valid_products, seed)
+    evaluator = RetrievalEvaluator(valid_q, [texts[i] for i in pool], [ids[i] for i in pool], valid_qrels, name="valid")
+    zero_shot_valid = evaluator.evaluate_model(base.model, product_vecs=base_vecs[pool])
 
     import torch
     from datasets import Dataset as HFDataset
@@ -197,6 +206,7 @@ def train_retriever(dataset: "Dataset", out_dir: str | os.PathLike[str], *, base
             config={"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
                     "max_seq_length": max_seq_length, "hard_negatives": hard_negatives, "max_rows": max_rows,
                     "max_steps": max_steps, "seed": seed, "loss": "MultipleNegativesRankingLoss",
+                    "valid_products": len(pool),
                     "depth_copies": DEPTH_COPIES},
             inputs={"base_model_id": base.model_id, "base_model_path": str(base.path),
                     "catalog_fingerprint": fingerprint_frame(catalog),

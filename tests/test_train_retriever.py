@@ -40,8 +40,11 @@ def test_mined_negatives_skip_engaged_products_and_near_duplicates() -> None:
 def test_tiny_training_run_saves_a_plain_sentence_transformer(tiny_data_dir: Path, tmp_path: Path) -> None:
     dataset = load_dataset(tiny_data_dir)
     out = tmp_path / "retriever"
-    report = train_retriever(dataset, out, epochs=1, batch_size=16, max_rows=64, seed=13, show_progress=False)
+    small_pool = len(dataset.catalog) // 3  # validation on a pool, as on a large catalog
+    report = train_retriever(dataset, out, epochs=1, batch_size=16, max_rows=64, seed=13, show_progress=False,
+                             max_valid_products=small_pool)
     manifest = json.loads((out / "manifest.json").read_text())
+    assert small_pool <= manifest["config"]["valid_products"] < len(dataset.catalog)
     assert manifest["kind"] == "retriever" and manifest["inputs"]["base_model_id"] == BUNDLED_SHA256
     assert report["model_id"] == manifest["weights_sha256"] != BUNDLED_SHA256  # weights actually changed
     assert len(report["valid_history"]) == 1
