@@ -26,7 +26,7 @@ from pipeline.core.artifacts import (atomic_directory, build_manifest, fingerpri
                                      writes_output)
 from pipeline.data import product_text
 from pipeline.core.errors import DataError
-from pipeline.core.runtime import DEFAULT_SEED, quiet_transformers, seed_everything
+from pipeline.core.runtime import DEFAULT_SEED, quiet_transformers, seed_everything, trainer_progress
 from rerank.model import bundled_encoder_path, encoder_checksum
 
 KIND = "domain-bert"
@@ -47,8 +47,7 @@ def adapt_lm(catalog: pd.DataFrame, out_dir: str | os.PathLike[str], *, base: st
              learning_rate: float = 5e-5, mlm_probability: float = 0.15, seed: int = DEFAULT_SEED,
              progress: bool = True) -> dict[str, Any]:
     """Run MLM on the catalog text and save an encoder folder usable as ``--encoder``; return a report."""
-    from transformers import (AutoTokenizer, BertForMaskedLM, DataCollatorForLanguageModeling, PrinterCallback,
-                              Trainer, TrainingArguments)
+    from transformers import AutoTokenizer, BertForMaskedLM, DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
     corpus = catalog_corpus(catalog)
     if not corpus:
@@ -71,8 +70,7 @@ def adapt_lm(catalog: pd.DataFrame, out_dir: str | os.PathLike[str], *, base: st
             disable_tqdm=not progress, dataloader_pin_memory=False, remove_unused_columns=False,
         )
         trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator)
-        if not progress:  # no per-step log lines on stdout either
-            trainer.remove_callback(PrinterCallback)
+        trainer_progress(trainer, progress)
         result = trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     report: dict[str, Any] = {

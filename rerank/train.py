@@ -30,12 +30,12 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from pipeline.core.artifacts import fingerprint_frame, scratch_directory, writes_output
 from pipeline.data import Dataset
 from pipeline.core.errors import DataError
-from pipeline.core.runtime import DEFAULT_SEED, seed_everything
+from pipeline.core.runtime import DEFAULT_SEED, seed_everything, trainer_progress
 from pipeline.core.text import PRODUCT_TEXT_FIELDS
 from rerank import DEFAULT_MAX_LENGTH
 from rerank.batching import GroupBatchSampler
@@ -293,8 +293,7 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
                                 data_collator=_PairCollator(model), optimizers=(optimizer, None),
                                 callbacks=[keep_best], evaluator=EngagementEvaluator(valid_pairs, batch_size=eval_batch_size),
                                 tasks=tasks)
-        if not progress:  # no per-step log lines on stdout either
-            trainer.remove_callback(PrinterCallback)
+        trainer_progress(trainer, progress)
         trainer.train()
     train_seconds = time.time() - started
     model.eval()

@@ -28,7 +28,7 @@ import numpy as np
 from pipeline.core.artifacts import (atomic_directory, build_manifest, fingerprint_frame, scratch_directory, sha256_file,
                                      write_manifest, writes_output)
 from pipeline.core.errors import DataError
-from pipeline.core.runtime import DEFAULT_SEED, seed_everything
+from pipeline.core.runtime import DEFAULT_SEED, seed_everything, trainer_progress
 from pipeline.core.text import PRODUCT_TEXT_FIELDS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -193,6 +193,7 @@ def train_retriever(dataset: "Dataset", out_dir: str | os.PathLike[str], *, base
         )
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_ds, loss=loss,
                                              evaluator=evaluator)
+        trainer_progress(trainer, show_progress)
         trainer.train()
         best_checkpoint = trainer.state.best_model_checkpoint
     history = [h for h in evaluator.history if h["step"] >= 0]

@@ -214,6 +214,6 @@ def test_cli_score_logs_engine_ray(local_ray, artefacts, local_scored, tmp_path)
         "--index", str(artefacts["index_dir"]), "--reranker", str(artefacts["reranker"]),
         "--catalog", str(artefacts["catalog"])])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout[result.stdout.index("{"):])
+    report = json.loads(result.stdout)  # stdout holds the report alone, Ray's output goes to stderr
     assert report["engine"] == "ray" and report["workers"] == 2
     _same_rows(reference, out)

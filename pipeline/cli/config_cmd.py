@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import typer
 
-from pipeline.cli._app import app, emit_json
+from pipeline.cli._app import App, app, echo, emit_json
 
-config_app = typer.Typer(help="Show the effective configuration.", no_args_is_help=True)
+config_app = App(help="Show the effective configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
 
@@ -43,4 +43,4 @@ def show(json_out: bool = typer.Option(False, "--json", help="Print JSON instead
                 for cmd, opts in settings.items()}
         clean = {k: v for k, v in effective.items() if v is not None and k not in ("effective", "commands")}
         clean["effective"] = {cmd: opts for cmd, opts in flat.items() if opts}
-        typer.echo(tomli_w.dumps(clean))
+        echo(tomli_w.dumps(clean))

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import typer
 
-from pipeline.cli._app import app, emit_json, info, print_table
+from pipeline.cli._app import app, echo, emit_json, info, print_table
 from pipeline.config import DEFAULT_DATA_DIR, DEFAULT_SEED, POSITIONS_FILE
 
 _MAPPING = typer.Option(None, "--mapping", help="Schema-mapping TOML (column renames, attribute joins, label maps "
@@ -104,4 +104,4 @@ def estimate_propensity(
         return
     print_table(report["positions"], title=f"examination propensity from {log} ({report['input']} input, {report['method']})")
     if "max_relative_error_1_10" in report:
-        typer.echo(f"largest relative error against the simulator, positions 1-10: {report['max_relative_error_1_10']:.3f}")
+        echo(f"largest relative error against the simulator, positions 1-10: {report['max_relative_error_1_10']:.3f}")

@@ -36,14 +36,6 @@ def _load(data: Optional[Path], catalog: Optional[Path] = None, engagement: Opti
     return load_dataset(data, catalog=catalog, engagement=engagement, queries=queries)
 
 
-def _to_stderr() -> Any:
-    """Trainer progress/log lines print to stdout; keep stdout for the result (--json)."""
-    import contextlib
-    import sys
-
-    return contextlib.redirect_stdout(sys.stderr)
-
-
 def _bad(exc: "ValueError | str") -> None:
     from pipeline.core.errors import ShoprankError
 
@@ -91,15 +83,14 @@ def train_reranker_cmd(
     dataset = _load(data, catalog, engagement, queries)
     try:
         weights = [float(w) for w in task_weights.split(",")] if task_weights else None
-        with _to_stderr():
-            report = train_reranker_on_index(
-                dataset, out, index_dir=index, candidates=candidates, objective=objective, encoder=encoder,
-                architecture=architecture, heads=heads, tasks=[t.strip() for t in tasks.split(",") if t.strip()],
-                label_mode=label_mode, task_weights=weights, uncertainty=uncertainty, epochs=epochs,
-                batch_size=batch_size, max_length=max_length, negatives=negatives, max_queries=max_queries,
-                max_shown_per_query=max_shown, seed=seed, progress=not json_out, debias=debias,
-                positions=positions or _default_positions(data), prior_weight=prior_weight,
-                text_fields=parse_fields(text_fields))
+        report = train_reranker_on_index(
+            dataset, out, index_dir=index, candidates=candidates, objective=objective, encoder=encoder,
+            architecture=architecture, heads=heads, tasks=[t.strip() for t in tasks.split(",") if t.strip()],
+            label_mode=label_mode, task_weights=weights, uncertainty=uncertainty, epochs=epochs,
+            batch_size=batch_size, max_length=max_length, negatives=negatives, max_queries=max_queries,
+            max_shown_per_query=max_shown, seed=seed, debias=debias,
+            positions=positions or _default_positions(data), prior_weight=prior_weight,
+            text_fields=parse_fields(text_fields))
     except ValueError as exc:
         _bad(exc)
     report = public_report(report)
@@ -129,9 +120,8 @@ def adapt_lm_cmd(
     from rerank.adapt import adapt_lm
 
     dataset = _load(data, catalog)
-    with _to_stderr():
-        report = adapt_lm(dataset.catalog, out, base=base, epochs=epochs, max_steps=max_steps,
-                          batch_size=batch_size, max_length=max_length, seed=seed, progress=not json_out)
+    report = adapt_lm(dataset.catalog, out, base=base, epochs=epochs, max_steps=max_steps,
+                      batch_size=batch_size, max_length=max_length, seed=seed)
     info(f"saved domain-adapted encoder to {out}")
     if json_out:
         emit_json(report)
@@ -172,13 +162,12 @@ def compare_rerankers_cmd(
         _bad(exc)
     if not data.is_dir():
         _bad(f"{data}: dataset directory does not exist (run `pipeline sample-data`)")
-    with _to_stderr():
-        results = experiment.compare_rerankers(
-            data, out, index_dir=index, retriever_dir=retriever, retriever_steps=retriever_steps,
-            variants=[v.strip() for v in variants.split(",")] if variants else None, seeds=seeds,
-            candidates=candidates, epochs=epochs, max_length=max_length, learning_rate=learning_rate,
-            train_queries=train_queries, valid_queries=valid_queries, test_queries=test_queries,
-            max_shown_per_query=max_shown, weights=fusion, seed=seed, progress=not json_out)
+    results = experiment.compare_rerankers(
+        data, out, index_dir=index, retriever_dir=retriever, retriever_steps=retriever_steps,
+        variants=[v.strip() for v in variants.split(",")] if variants else None, seeds=seeds,
+        candidates=candidates, epochs=epochs, max_length=max_length, learning_rate=learning_rate,
+        train_queries=train_queries, valid_queries=valid_queries, test_queries=test_queries,
+        max_shown_per_query=max_shown, weights=fusion, seed=seed)
     if json_out:
         emit_json({k: v for k, v in results.items() if k != "runs"})
         return

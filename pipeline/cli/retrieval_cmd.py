@@ -11,10 +11,10 @@ from typing import Any, Optional
 
 import typer
 
-from pipeline.cli._app import app, emit_json, info, parse_fields, print_table, text_fields_option
+from pipeline.cli._app import App, app, emit_json, info, parse_fields, print_table, text_fields_option
 from pipeline.config import DEFAULT_DATA_DIR, DEFAULT_INDEX_DIR, DEFAULT_RETRIEVER_DIR, DEFAULT_SEED
 
-index_app = typer.Typer(help="Update or inspect an existing index without a full rebuild.", no_args_is_help=True)
+index_app = App(help="Update or inspect an existing index without a full rebuild.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
 
 
@@ -73,7 +73,7 @@ def train_retriever_cmd(
     dataset = load_dataset(data, catalog=catalog, engagement=engagement, queries=queries, qrels=qrels)
     report = train_retriever(dataset, out, base_model=base_model, epochs=epochs, batch_size=batch_size,
                              max_rows=max_rows, learning_rate=learning_rate, hard_negatives=hard_negatives,
-                             seed=seed, show_progress=not json_out, text_fields=parse_text_fields(text_fields))
+                             seed=seed, text_fields=parse_text_fields(text_fields))
     if json_out:
         emit_json(report)
         return
@@ -123,10 +123,9 @@ def build_index_cmd(
         from pipeline.distributed import build_index_ray
 
         manifest = build_index_ray(frame, encoder, out, index_type, factory=factory, address=address,
-                                   workers=workers, show_progress=not json_out, catalog_path=catalog, **params)
+                                   workers=workers, catalog_path=catalog, **params)
     else:
-        manifest = build_index(frame, encoder, out, index_type, factory=factory, show_progress=not json_out,
-                               catalog_path=catalog, **params)
+        manifest = build_index(frame, encoder, out, index_type, factory=factory, catalog_path=catalog, **params)
     if json_out:
         emit_json(manifest)
     else:
@@ -148,7 +147,7 @@ def index_add_cmd(
         from retrieval.encoders import load_encoder
 
         encoder = load_encoder(model, backend="torch")
-    manifest = add_products(index, _load_catalog(catalog), encoder, show_progress=not json_out)
+    manifest = add_products(index, _load_catalog(catalog), encoder)
     _show(manifest, json_out, index)
 
 

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import typer
 
-from pipeline.cli._app import app, emit_json, info, print_table
+from pipeline.cli._app import app, echo, emit_json, info, print_table
 from pipeline.config import (DEFAULT_CANDIDATES, DEFAULT_DATA_DIR, DEFAULT_INDEX_DIR, DEFAULT_PRECISION,
                              DEFAULT_RERANKER_DIR, DEFAULT_RETRIEVER_DIR, DEFAULT_RUNS_DIR)
 from pipeline.core.errors import ShoprankError
@@ -201,7 +201,7 @@ def print_evaluation(report: dict[str, Any]) -> None:
     print_table(report["rows"], title=f"Evaluation on {report['split']} ({report['queries']} queries, "
                                       f"{report['mismatch_queries']} vocabulary-mismatch)")
     if report.get("headroom") is not None:
-        typer.echo(f"stage-2 headroom: oracle reranking of dense's top {report['candidates']} beats dense by "
+        echo(f"stage-2 headroom: oracle reranking of dense's top {report['candidates']} beats dense by "
              f"{report['headroom']:+.3f} nDCG@10")
     if report.get("paired"):
         print_table(report["paired"], title="Paired bootstrap over queries: system - baseline (95% interval)")

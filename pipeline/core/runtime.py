@@ -16,6 +16,7 @@ import os
 import random
 from collections.abc import Iterator
 from types import ModuleType
+from typing import Any
 
 #: The one default seed of every command and library function (data, sampling, training).
 DEFAULT_SEED: int = 13
@@ -96,3 +97,27 @@ def quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(level)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def trainer_progress(trainer: Any, enabled: bool) -> None:
+    """Give a Hugging Face ``Trainer`` a progress bar and per-log lines on stderr, or neither.
+
+    Why: the Trainer's own choices both print its log dicts to stdout (``PrinterCallback`` when
+    tqdm is disabled; ``ProgressCallback`` through ``tqdm.write``, which defaults to stdout), and
+    stdout belongs to the caller's result. Call it right after constructing the trainer.
+    """
+    import sys
+
+    from transformers import PrinterCallback, ProgressCallback
+
+    class StderrProgressCallback(ProgressCallback):
+        """ProgressCallback (its bar is on stderr already) whose log lines go to stderr too."""
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            with contextlib.redirect_stdout(sys.stderr):
+                super().on_log(args, state, control, logs=logs, **kwargs)
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if enabled:
+        trainer.add_callback(StderrProgressCallback())
