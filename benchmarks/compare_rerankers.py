@@ -22,6 +22,7 @@ a source checkout; ``pipeline compare-rerankers`` is its command-line front end
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import time
@@ -72,7 +73,12 @@ def _reduced(dataset: Dataset, keep: set[str]) -> Dataset:
 
 def _retriever(dataset: Dataset, work: Path, index_dir: Path | None, retriever_dir: Path | None,
                retriever_steps: int, seed: int, progress: bool) -> tuple[Any, dict[str, Any]]:
-    """Load the given index, or build one from the given / a freshly fine-tuned retriever."""
+    """Load the given index, or build one from the given / a freshly fine-tuned retriever.
+
+    A retriever and index this comparison built before (in ``work``) are reused, so a rerun
+    resumes with the very retriever its finished reranker runs were trained against.
+    """
+    from pipeline.core.errors import ShoprankError
     from retrieval.encoder import BiEncoder
     from retrieval.index import Retriever, build_index
     from retrieval.train import train_retriever
@@ -82,11 +88,20 @@ def _retriever(dataset: Dataset, work: Path, index_dir: Path | None, retriever_d
     info: dict[str, Any] = {}
     if retriever_dir is None:
         retriever_dir = work / "retriever"
-        rep = train_retriever(dataset, retriever_dir, epochs=1, max_steps=retriever_steps, seed=seed,
-                              show_progress=progress)
-        info["retriever_trained"] = {k: rep[k] for k in ("seconds", "valid_history", "zero_shot_valid") if k in rep}
+        if (retriever_dir / "manifest.json").is_file():
+            info["retriever_reused"] = True
+        else:
+            rep = train_retriever(dataset, retriever_dir, epochs=1, max_steps=retriever_steps, seed=seed,
+                                  show_progress=progress)
+            info["retriever_trained"] = {k: rep[k] for k in ("seconds", "valid_history", "zero_shot_valid")
+                                         if k in rep}
     info["retriever"] = str(retriever_dir)
     encoder = BiEncoder.load(retriever_dir)
+    if (work / "index" / "manifest.json").is_file():
+        try:
+            return Retriever.load(work / "index", encoder), info
+        except ShoprankError:  # built by another retriever or catalog: rebuild below
+            pass
     build_index(dataset.catalog, encoder, work / "index", "flat", show_progress=progress)
     return Retriever.load(work / "index", encoder), info
 
@@ -314,13 +329,18 @@ def compare_rerankers(data_dir: str | os.PathLike[str] | None = None,
                 spec["prior"] = retriever_prior(retriever, dataset.catalog)
             out = work / f"reranker-{name}-seed{run_seed}"
             kwargs = {"max_length": max_length} if max_length else {}
-            rep = train_reranker(small, out, candidates=cand_ids, seed=run_seed, epochs=epochs,
-                                 encoder=retriever_encoder if init == "retriever" else None,
-                                 batch_size=batch_size, negatives=negatives, learning_rate=learning_rate,
-                                 max_shown_per_query=max_shown_per_query, progress=progress, **kwargs, **spec)
+            encoder = retriever_encoder if init == "retriever" else None
+            expected = _expected_report(spec, run_seed, epochs, max_length, negatives, max_shown_per_query, encoder,
+                                        len(chosen["train"]), len(chosen["valid"]))
+            rep = _finished_run(out, expected, candidates, weights) or train_reranker(
+                small, out, candidates=cand_ids, seed=run_seed, epochs=epochs, encoder=encoder,
+                batch_size=batch_size, negatives=negatives, learning_rate=learning_rate,
+                max_shown_per_query=max_shown_per_query, progress=progress, **kwargs, **spec)
             model = rep.pop("model")
-            fit = fit_fusion(small, model, retriever, reranker_dir=out, candidates=candidates, weights=weights)
-            result = {"seed": run_seed, "train_seconds": rep["train_seconds"], "retrieval_weight": fit["retrieval_weight"],
+            fit = rep.get("fusion") or fit_fusion(small, model, retriever, reranker_dir=out, candidates=candidates,
+                                                  weights=weights)
+            result = {"seed": run_seed, "train_seconds": rep["train_seconds"], "reused": bool(rep.get("reused")),
+                      "retrieval_weight": fit["retrieval_weight"],
                       **{s: split.model_row(model, fit["retrieval_weight"], weights) for s, split in splits.items()}}
             if int8 and name == DEFAULT_VARIANT and run_seed == seed:
                 extra["int8"] = _int8_check(out, {s: splits[s] for s in ("test", "unseen") if s in splits},
@@ -330,6 +350,48 @@ def compare_rerankers(data_dir: str | os.PathLike[str] | None = None,
     results = _write(work, raw, retrieval, config, extra, started, partial=False)
     results["results_file"] = str(work / "results.json")
     return results
+
+
+def _expected_report(spec: Mapping[str, Any], seed: int, epochs: int, max_length: int | None, negatives: int,
+                     max_shown: int | None, encoder: Any, train_queries: int, valid_queries: int) -> dict[str, Any]:
+    """The training report fields a finished run of this (variant, seed) must carry to be reused."""
+    from rerank import DEFAULT_MAX_LENGTH
+    from rerank.train import train_reranker
+
+    defaults = {k: p.default for k, p in inspect.signature(train_reranker).parameters.items()}
+    pick = lambda key: spec.get(key, defaults[key])  # noqa: E731
+    return {"seed": seed, "epochs": epochs, "negatives": negatives, "max_shown_per_query": max_shown,
+            "max_length": max_length or DEFAULT_MAX_LENGTH, "objective": pick("objective"),
+            "debias": pick("debias"), "architecture": pick("architecture"), "heads": pick("heads"),
+            "tasks": list(pick("tasks")), "label_mode": pick("label_mode"),
+            "encoder": str(encoder) if encoder else "bundled all-MiniLM-L6-v2",
+            "loss_weights": {"rank": 0.0 if pick("objective") == "pointwise" else float(pick("rank_weight")),
+                             "point": 0.0 if pick("objective") == "listwise" else float(pick("point_weight")),
+                             "prior": float(pick("prior_weight"))},
+            "train_queries": train_queries, "valid_queries": valid_queries}
+
+
+def _finished_run(out: Path, expected: Mapping[str, Any], candidates: int,
+                  weights: Mapping[str, float] | None) -> dict[str, Any] | None:
+    """A model this comparison already trained, when its manifest says it was trained exactly
+    as ``expected``: a long comparison that was cut short resumes instead of retraining.
+
+    Its fitted blend is reused too when it was fitted for the same candidates and fusion
+    weights; otherwise the caller refits it. ``None`` when there is nothing to reuse.
+    """
+    from pipeline.core.artifacts import read_manifest
+    from rerank.model import MultiTaskCrossEncoder
+
+    if not (out / "manifest.json").is_file():
+        return None
+    manifest = read_manifest(out)
+    report = manifest.get("report", {})
+    if any(report.get(k) != v for k, v in expected.items()):
+        return None
+    fusion = manifest.get("fusion")
+    same_blend = fusion and fusion.get("candidates") == candidates and weights is None
+    return {"model": MultiTaskCrossEncoder.load(out), "train_seconds": report.get("train_seconds"), "reused": True,
+            **({"fusion": fusion} if same_blend else {})}
 
 
 def _int8_check(reranker_dir: Path, splits: Mapping[str, _Split], retrieval_weight: float,

@@ -5,10 +5,15 @@ tests run against the same data contracts as production. ~0.5 s to build.
 """
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_verify_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -37,12 +42,17 @@ def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """One quick demo per session (orchestration tests): returns (workdir, report).
 
-    The workdir holds the real artefacts at the default relative paths (data/sample,
-    models/retriever, models/reranker, indexes/default, runs/), built by the real pipeline
-    on a tiny world, so search / score-logs / evaluate tests exercise trained models.
-    Treat it as read-only.
+    Run as the user runs it, ``pipeline demo --quick --json`` in a subprocess, so the report is
+    parsed from stdout: the fixture itself checks that the demo's machine output is one JSON
+    document (tests/test_json_output.py counts on it). The workdir holds the real artefacts at
+    the default relative paths (data/sample, models/retriever, models/reranker,
+    indexes/default, runs/), built by the real pipeline on a tiny world, so search /
+    score-logs / evaluate tests exercise trained models. Treat it as read-only.
     """
-    from pipeline.demo import run_demo
-
     root = tmp_path_factory.mktemp("demo")
-    return root, run_demo(root, quick=True)
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "demo", "--quick", "--workdir", str(root), "--json"],
+                          cwd=root, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if proc.returncode != 0:
+        pytest.fail(f"pipeline demo --quick failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return root, json.loads(proc.stdout)

@@ -80,3 +80,17 @@ def test_compare_two_variants_two_seeds_end_to_end(tiny_data_dir: Path, tmp_path
     assert saved["partial"] is False and saved["rows"] == json.loads(json.dumps(results["rows"]))
     manifest = json.loads((tmp_path / "cmp" / "reranker-mmoe_funnel-seed14" / "manifest.json").read_text())
     assert "retrieval_weight" in manifest["fusion"]  # the blend was fitted and saved per run
+
+    # A rerun of the same comparison resumes: every (variant, seed) model is reused, not
+    # retrained, and gives the same rows; a changed setting (more epochs) is retrained.
+    again = compare_rerankers(tiny_data_dir, tmp_path / "cmp", variants=["mmoe_funnel", "single_purchase"],
+                              seeds=2, retriever_steps=2, candidates=8, epochs=1, train_queries=3,
+                              valid_queries=3, test_queries=4, max_shown_per_query=2, negatives=1,
+                              batch_size=8, progress=False, int8=False)
+    assert all(run["reused"] for runs in again["runs"].values() for run in runs)
+    assert [r["ndcg@10"] for r in again["rows"]] == [r["ndcg@10"] for r in results["rows"]]
+    changed = compare_rerankers(tiny_data_dir, tmp_path / "cmp", variants=["single_purchase"], seeds=1,
+                                retriever_steps=2, candidates=8, epochs=2, train_queries=3, valid_queries=3,
+                                test_queries=4, max_shown_per_query=2, negatives=1, batch_size=8, progress=False,
+                                int8=False)
+    assert not changed["runs"]["single_purchase"][0]["reused"]

@@ -34,9 +34,8 @@ LIGHT: dict[str, tuple[str, ...]] = {
 #: Commands that load or train models, run in the quick demo's workdir (its artefacts at the
 #: default relative paths) with the smallest budgets they accept. {work}: that workdir; {tmp}:
 #: a scratch folder holding a copy of the demo's index and a few extra products.
-DEMO_ARGS = ("--quick", "--workdir", "{work}")
 HEAVY: dict[str, tuple[str, ...]] = {
-    "demo": DEMO_ARGS,  # run once by the demo_workdir fixture; its output is checked there
+    "demo": ("--quick", "--workdir", "{work}"),  # run once by conftest's demo_run, which parses its stdout
     "train-retriever": ("--data", "data/sample", "--out", "{tmp}/retriever", "--epochs", "1", "--max-rows", "16",
                         "--batch-size", "8"),
     "train-reranker": ("--data", "data/sample", "--out", "{tmp}/reranker", "--epochs", "1", "--max-queries", "2",
@@ -111,14 +110,11 @@ def test_light_command_prints_only_json(command: str, tiny_data_dir: Path, tmp_p
 
 
 @pytest.fixture(scope="module")
-def demo_workdir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    """`pipeline demo --quick --json` once: the demo's own check, and the trained models, index,
-    data and query log every other heavy command runs on."""
-    work = tmp_path_factory.mktemp("json_demo")
-    argv = [sys.executable, "-m", "pipeline", "demo", *(a.format(work=work) for a in DEMO_ARGS), "--json"]
-    proc = subprocess.run(argv, cwd=work, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    return work, proc
+def demo_workdir(demo_run: tuple[Path, dict]) -> Path:
+    """The session's quick demo (tests/conftest.py ``demo_run``: `pipeline demo --quick --json`,
+    whose stdout the fixture parses as one JSON document): its trained models, index, data
+    and query log are what every other heavy command runs on."""
+    return demo_run[0]
 
 
 def _scratch(args: tuple[str, ...], work: Path, tmp: Path) -> str:
@@ -137,12 +133,9 @@ def _scratch(args: tuple[str, ...], work: Path, tmp: Path) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", sorted(HEAVY))
-def test_heavy_command_prints_only_json(command: str, demo_workdir: tuple[Path, subprocess.CompletedProcess[str]],
-                                        tmp_path: Path) -> None:
-    work, demo = demo_workdir
+def test_heavy_command_prints_only_json(command: str, demo_workdir: Path, tmp_path: Path) -> None:
+    work = demo_workdir
     if command == "demo":
-        parse_result(demo)
-        return
-    assert demo.returncode == 0, "the demo built nothing to run on"
+        return  # the demo_run fixture ran it with --json and parsed its stdout
     first_product = _scratch(HEAVY[command], work, tmp_path)
     run_json(command, HEAVY[command], work, tmp=tmp_path, work=work, first_product=first_product)
