@@ -56,10 +56,24 @@ def info(message: str) -> None:
     sys.stderr.write(message + "\n")
 
 
+def stdout_to_stderr() -> Any:
+    """Context in which library prints go to stderr: the Hugging Face Trainer prints its log
+    lines to stdout, which must hold nothing but the command's result (--json)."""
+    import contextlib
+
+    return contextlib.redirect_stdout(sys.stderr)
+
+
 def text_fields_option(default_help: str) -> Any:
     """The ``--text-fields`` option (one spelling and parse for every command that has it)."""
     return typer.Option(None, "--text-fields", help="Comma-separated catalog columns of the product text, e.g. "
                         f"title,brand,description ({default_help}). pipeline.toml: text_fields.")
+
+
+def mapping_option() -> Any:
+    """The ``--mapping`` option (one spelling and help for every command that reads a dataset)."""
+    return typer.Option(None, "--mapping", help="Schema-mapping TOML (column renames, attribute joins, label maps "
+                        "and scales, ids from text; docs/own-data.md).")
 
 
 def parse_fields(spec: str | None) -> tuple[str, ...] | None:

@@ -13,7 +13,7 @@ import typer
 
 from rerank import DEFAULT_MAX_LENGTH
 
-from pipeline.cli._app import app, emit_json, info, parse_fields, print_table, text_fields_option
+from pipeline.cli._app import app, emit_json, info, parse_fields, print_table, stdout_to_stderr, text_fields_option
 from pipeline.config import (DEFAULT_CANDIDATES, DEFAULT_DATA_DIR, DEFAULT_DOMAIN_BERT_DIR, DEFAULT_RERANKER_DIR,
                              DEFAULT_RUNS_DIR, DEFAULT_SEED, POSITIONS_FILE)
 
@@ -34,14 +34,6 @@ def _load(data: Optional[Path], catalog: Optional[Path] = None, engagement: Opti
     if data is not None and not Path(data).is_dir():
         raise DataError(f"{data}: dataset directory does not exist")
     return load_dataset(data, catalog=catalog, engagement=engagement, queries=queries)
-
-
-def _to_stderr() -> Any:
-    """Trainer progress/log lines print to stdout; keep stdout for the result (--json)."""
-    import contextlib
-    import sys
-
-    return contextlib.redirect_stdout(sys.stderr)
 
 
 def _bad(exc: "ValueError | str") -> None:
@@ -91,7 +83,7 @@ def train_reranker_cmd(
     dataset = _load(data, catalog, engagement, queries)
     try:
         weights = [float(w) for w in task_weights.split(",")] if task_weights else None
-        with _to_stderr():
+        with stdout_to_stderr():
             report = train_reranker_on_index(
                 dataset, out, index_dir=index, candidates=candidates, objective=objective, encoder=encoder,
                 architecture=architecture, heads=heads, tasks=[t.strip() for t in tasks.split(",") if t.strip()],
@@ -129,7 +121,7 @@ def adapt_lm_cmd(
     from rerank.adapt import adapt_lm
 
     dataset = _load(data, catalog)
-    with _to_stderr():
+    with stdout_to_stderr():
         report = adapt_lm(dataset.catalog, out, base=base, epochs=epochs, max_steps=max_steps,
                           batch_size=batch_size, max_length=max_length, seed=seed, progress=not json_out)
     info(f"saved domain-adapted encoder to {out}")
@@ -172,7 +164,7 @@ def compare_rerankers_cmd(
         _bad(exc)
     if not data.is_dir():
         _bad(f"{data}: dataset directory does not exist (run `pipeline sample-data`)")
-    with _to_stderr():
+    with stdout_to_stderr():
         results = experiment.compare_rerankers(
             data, out, index_dir=index, retriever_dir=retriever, retriever_steps=retriever_steps,
             variants=[v.strip() for v in variants.split(",")] if variants else None, seeds=seeds,
