@@ -113,6 +113,12 @@ def text_fields_option(default_help: str) -> Any:
                         f"title,brand,description ({default_help}). pipeline.toml: text_fields.")
 
 
+def mapping_option() -> Any:
+    """The ``--mapping`` option (one spelling and help for every command that reads a dataset)."""
+    return typer.Option(None, "--mapping", help="Schema-mapping TOML (column renames, attribute joins, label maps "
+                        "and scales, ids from text; docs/own-data.md).")
+
+
 def parse_fields(spec: str | None) -> tuple[str, ...] | None:
     """``--text-fields`` as a tuple; None when not given (the command's default applies)."""
     from pipeline.core.text import parse_text_fields

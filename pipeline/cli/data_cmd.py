@@ -11,11 +11,10 @@ from typing import Any, Optional
 
 import typer
 
-from pipeline.cli._app import app, echo, emit_json, info, print_table
+from pipeline.cli._app import app, echo, emit_json, info, mapping_option, print_table
 from pipeline.config import DEFAULT_DATA_DIR, DEFAULT_SEED, POSITIONS_FILE
 
-_MAPPING = typer.Option(None, "--mapping", help="Schema-mapping TOML (column renames, attribute joins, label maps "
-                                                 "and scales, ids from text; docs/own-data.md).")
+_MAPPING = mapping_option()
 
 
 def _stat_rows(stats: dict[str, Any]) -> list[dict[str, Any]]:

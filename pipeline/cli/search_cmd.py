@@ -1,10 +1,10 @@
-"""Orchestration commands: `search`, `score-logs`, `evaluate`, `demo`.
+"""Orchestration commands: `search`, `score-logs`, `evaluate`, `fit`, `demo`.
 
 Thin on purpose: each command parses its options, calls one library function
 (:mod:`pipeline.search`, :mod:`pipeline.scoring`, :mod:`pipeline.evaluate`,
-:mod:`pipeline.demo`) and prints a rich table or ``--json``. Heavy libraries are imported
+:mod:`pipeline.fit`, :mod:`pipeline.demo`) and prints a rich table or ``--json``. Heavy libraries are imported
 inside the functions so `pipeline --help` stays fast. Defaults can come from the
-``[search]``, ``[score-logs]``, ``[evaluate]`` and ``[demo]`` tables of pipeline.toml.
+``[search]``, ``[score-logs]``, ``[evaluate]``, ``[fit]`` and ``[demo]`` tables of pipeline.toml.
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from typing import Any, Optional
 
 import typer
 
-from pipeline.cli._app import app, echo, emit_json, info, print_table
+from pipeline.cli._app import app, echo, emit_json, info, mapping_option, print_table
 from pipeline.config import (DEFAULT_CANDIDATES, DEFAULT_DATA_DIR, DEFAULT_INDEX_DIR, DEFAULT_PRECISION,
-                             DEFAULT_RERANKER_DIR, DEFAULT_RETRIEVER_DIR, DEFAULT_RUNS_DIR)
+                             DEFAULT_RERANKER_DIR, DEFAULT_RETRIEVER_DIR, DEFAULT_RUNS_DIR, DEFAULT_SEED)
 from pipeline.core.errors import ShoprankError
 
 _INDEX = typer.Option(DEFAULT_INDEX_DIR, "--index", help="Index directory (built by build-index or the demo).")
@@ -209,6 +209,37 @@ def print_evaluation(report: dict[str, Any]) -> None:
         print_table(report["tasks"], title="Reranker per-task engagement metrics (ROC AUC)")
     if report.get("run_dir"):
         info(f"TREC run files and qrels in {report['run_dir']}")
+
+
+@app.command("fit")
+def fit(
+    out: Path = typer.Option(..., "--out", help="Run directory: data/, models/, indexes/ and runs/ go here."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset directory (catalog/engagement/queries/qrels files)."),
+    catalog: Optional[Path] = typer.Option(None, "--catalog", help="Catalog file (overrides the directory's)."),
+    engagement: Optional[Path] = typer.Option(None, "--engagement", help="Engagement file (counts or events)."),
+    queries: Optional[Path] = typer.Option(None, "--queries", help="Queries file with a split column."),
+    qrels: Optional[Path] = typer.Option(None, "--qrels", help="Relevance labels file."),
+    mapping: Optional[Path] = mapping_option(),
+    budget: str = typer.Option("full", "--budget", help="quick (minutes, a smoke run) | full (the demo's budget)."),
+    seed: int = typer.Option(DEFAULT_SEED, "--seed", help="Seed for simulation, splits and training."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip steps whose inputs and outputs are unchanged."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr for each step."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """From a labelled or logged dataset to a working search: validate, simulate engagement
+    and derive splits where missing, train the retriever, index, train the reranker, evaluate
+    on test, export both models. Re-runs skip the steps that are up to date."""
+    from pipeline.fit import run_fit
+
+    report = run_fit(data, out, catalog=catalog, engagement=engagement, queries=queries, qrels=qrels,
+                     mapping=mapping, budget=budget, seed=seed, progress=progress, resume=resume)
+    if json_out:
+        emit_json(report)
+        return
+    print_evaluation(report["evaluation"])
+    print_table(report["steps"], title="Steps")
+    info(f"now try: pipeline search --index {report['paths']['index']} --reranker {report['paths']['reranker']} "
+         f"\"{report['try']}\"")
 
 
 @app.command("demo")

@@ -104,6 +104,16 @@ def collapse_whitespace(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def identity_key(text: str) -> str:
+    """The form in which two spellings of one product title or one query are equal: Unicode
+    compatibility forms (NFKC), case and whitespace normalised. Derived product ids and
+    derived query splits both key on it, so "Velvet Sofa" and " velvet  sofa" are one
+    product and one query wherever the project decides identity from text."""
+    import unicodedata
+
+    return collapse_whitespace(unicodedata.normalize("NFKC", str(text)).casefold())
+
+
 def text_hash(text: str) -> int:
     """Signed 64-bit hash of a product text, blind to whitespace differences.
 

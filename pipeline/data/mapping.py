@@ -60,7 +60,6 @@ import hashlib
 import json
 import re
 import tomllib
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,7 +70,7 @@ import pandas as pd
 
 from pipeline.core.errors import DataError
 from pipeline.core.tasks import EVENTS
-from pipeline.core.text import collapse_whitespace
+from pipeline.core.text import identity_key
 from pipeline.data.io import FORMATS
 
 LABEL_PRESETS: dict[str, dict[str, int]] = {
@@ -98,7 +97,7 @@ def derive_product_id(fields: Sequence[str]) -> str:
     must still be one product. 64 bits of BLAKE2b: collisions stay improbable at
     millions of products, and the id is the same on every machine and run.
     """
-    key = _FIELD_SEP.join(collapse_whitespace(unicodedata.normalize("NFKC", str(f)).casefold()) for f in fields)
+    key = _FIELD_SEP.join(identity_key(f) for f in fields)
     return "p" + hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 

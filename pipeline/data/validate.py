@@ -351,6 +351,23 @@ def _merge_duplicate_judgements(qrels: pd.DataFrame, report: dict) -> pd.DataFra
     return qrels.assign(relevance=best.to_numpy())[~dup]
 
 
+def dataset_paths(data_dir: str | Path | None = None, **explicit: str | Path | None) -> dict[str, Path | None]:
+    """The file of each kind (catalog, engagement, queries, qrels) a dataset is read from:
+    an explicit file wins over the directory's ``<kind>.<ext>``; a catalog is required.
+
+    Public so that a caller can fingerprint exactly the files :func:`load_dataset` would
+    read without loading them."""
+    base = Path(data_dir) if data_dir else None
+    if base is not None and not base.is_dir():
+        raise DataError(f"{base}: data directory not found")
+    paths = {name: (Path(explicit[name]) if explicit.get(name) else find_data_file(base, name))
+             for name in ("catalog", "engagement", "queries", "qrels")}
+    if paths["catalog"] is None:
+        where = f"in {base}" if base is not None else "(pass --catalog or a data directory)"
+        raise DataError(f"no catalog file found {where}")
+    return paths
+
+
 def load_dataset(data_dir: str | Path | None = None, *, catalog: str | Path | None = None,
                  engagement: str | Path | None = None, queries: str | Path | None = None,
                  qrels: str | Path | None = None, mapping: Mapping | str | Path | dict | None = None) -> Dataset:
@@ -360,16 +377,8 @@ def load_dataset(data_dir: str | Path | None = None, *, catalog: str | Path | No
     A catalog is required; the other parts are optional. Engagement and qrels rows for
     unknown products are skipped with a warning.
     """
-    base = Path(data_dir) if data_dir else None
-    if base is not None and not base.is_dir():
-        raise DataError(f"{base}: data directory not found")
+    paths = dataset_paths(data_dir, catalog=catalog, engagement=engagement, queries=queries, qrels=qrels)
     schema = load_mapping(mapping)
-    paths = {name: (Path(explicit) if explicit else find_data_file(base, name))
-             for name, explicit in (("catalog", catalog), ("engagement", engagement),
-                                    ("queries", queries), ("qrels", qrels))}
-    if paths["catalog"] is None:
-        where = f"in {base}" if base is not None else "(pass --catalog or a data directory)"
-        raise DataError(f"no catalog file found {where}")
     report: dict[str, Any] = {}
     cat = load_catalog(paths["catalog"], schema, report=report)
     ids = set(cat["product_id"])

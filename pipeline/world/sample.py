@@ -41,11 +41,10 @@ import pandas as pd
 
 from pipeline.world import vocab as V
 from pipeline.config import POSITIONS_FILE
-from pipeline.data import write_parquet
+from pipeline.data import SPLIT_SHARES, write_parquet
 from pipeline.world.simulate import UserModel, examination_propensity, funnel_rates, simulate_engagement
 from pipeline.core.runtime import DEFAULT_SEED
 
-SPLIT_SHARES = (("train", 0.7), ("valid", 0.15), ("test", 0.15))
 UNSEEN_SPLIT = "unseen"
 SURFACE_WEIGHTS = (("exact", 0.30), ("synonym", 0.24), ("jargon", 0.16), ("usecase", 0.14), ("misspelling", 0.16))
 # What a non-jargon, non-usecase query names.
