@@ -55,3 +55,14 @@ def test_quick_demo_fits_the_first_stage_blend_on_valid(demo_run):
     assert fusion["split"] == "valid" and 0.0 <= fusion["retrieval_weight"] <= 1.0
     assert fusion["retrieval_weight"] == report["fusion"]["retrieval_weight"]
     assert set(fusion["by_alpha"]) >= {"0", "1"}
+
+
+def test_quick_demo_reports_stage_two_on_unseen_product_types(demo_run):
+    """The demo also compares two-stage with dense on the `unseen` split (product types no
+    training query asked about), with its paired bootstrap: the no-negative-transfer check."""
+    _, report = demo_run
+    unseen = report["evaluation_unseen"]
+    assert unseen["split"] == "unseen"
+    assert {r["system"] for r in unseen["rows"]} == {"dense-fine-tuned", "two-stage"}
+    paired = {p["system"]: p for p in unseen["paired"]}
+    assert paired["two-stage"]["baseline"] == "dense-fine-tuned"

@@ -91,9 +91,14 @@ def search(
     if json_out:
         emit_json(result)
         return
+    _print_results(result, MAX_QUERY_CHARS)
+
+
+def _print_results(result: dict[str, Any], max_query_chars: int) -> None:
+    """One table per query (a note for truncated queries, a line for empty results)."""
     for item in result["results"]:
         if item["truncated"]:
-            info(f"note: query longer than {MAX_QUERY_CHARS} characters; searched its first {MAX_QUERY_CHARS}")
+            info(f"note: query longer than {max_query_chars} characters; searched its first {max_query_chars}")
         rows, cols = _hit_rows(item["hits"], result["tasks"])
         title = item["query"] if len(item["query"]) <= 80 else item["query"][:77] + "..."
         if not rows:
@@ -237,6 +242,8 @@ def fit(
         emit_json(report)
         return
     print_evaluation(report["evaluation"])
+    if report.get("evaluation_unseen"):
+        print_evaluation(report["evaluation_unseen"])
     print_table(report["steps"], title="Steps")
     info(f"now try: pipeline search --index {report['paths']['index']} --reranker {report['paths']['reranker']} "
          f"\"{report['try']}\"")
@@ -258,6 +265,8 @@ def demo(
         emit_json(report)
         return
     print_evaluation(report["evaluation"])
+    if report.get("evaluation_unseen"):
+        print_evaluation(report["evaluation_unseen"])
     if report.get("fusion"):
         info(f"two-stage blends the retrieval score with weight {report['fusion']['retrieval_weight']:g} "
              "(fitted on the valid split)")
