@@ -216,6 +216,13 @@ def print_evaluation(report: dict[str, Any]) -> None:
         info(f"TREC run files and qrels in {report['run_dir']}")
 
 
+def print_evaluations(report: dict[str, Any]) -> None:
+    """A fit's or the demo's test evaluation, then the unseen split's when there is one."""
+    print_evaluation(report["evaluation"])
+    if report.get("evaluation_unseen"):
+        print_evaluation(report["evaluation_unseen"])
+
+
 @app.command("fit")
 def fit(
     out: Path = typer.Option(..., "--out", help="Run directory: data/, models/, indexes/ and runs/ go here."),
@@ -241,9 +248,7 @@ def fit(
     if json_out:
         emit_json(report)
         return
-    print_evaluation(report["evaluation"])
-    if report.get("evaluation_unseen"):
-        print_evaluation(report["evaluation_unseen"])
+    print_evaluations(report)
     print_table(report["steps"], title="Steps")
     info(f"now try: pipeline search --index {report['paths']['index']} --reranker {report['paths']['reranker']} "
          f"\"{report['try']}\"")
@@ -264,9 +269,7 @@ def demo(
     if json_out:
         emit_json(report)
         return
-    print_evaluation(report["evaluation"])
-    if report.get("evaluation_unseen"):
-        print_evaluation(report["evaluation_unseen"])
+    print_evaluations(report)
     if report.get("fusion"):
         info(f"two-stage blends the retrieval score with weight {report['fusion']['retrieval_weight']:g} "
              "(fitted on the valid split)")
