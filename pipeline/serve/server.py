@@ -1,0 +1,19 @@
+"""Run the service on uvicorn (what `pipeline serve` calls)."""
+from __future__ import annotations
+
+import logging
+
+from pipeline.serve.settings import ServeSettings
+
+
+def run_server(settings: ServeSettings, log_level: str = "info") -> None:
+    """Serve until interrupted: one process, the models loaded once, ``settings.workers``
+    model threads. More throughput = more replicas behind a proxy (README, Deployment)."""
+    import uvicorn
+
+    from pipeline.serve.app import create_app
+
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader narrates which build it picked
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level,
+                timeout_graceful_shutdown=10)
