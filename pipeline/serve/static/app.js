@@ -22,16 +22,21 @@ function price(value) {
 }
 
 // The fusion breakdown: which probabilities made the expected value, and how the final score
-// blends it with the retrieval score (both standardised within this query's candidates).
+// uses it. With a retrieval weight w > 0 the score blends both, each standardised (z) over this
+// query's candidates; with w = 0 the score is the expected value itself (rerank/fusion.py).
 function why(hit, fusion) {
-  if (!fusion) return `retrieval order (no reranker): cosine ${fmt(hit.retrieval_score)}`;
+  if (!fusion) return `retrieval order (no reranker): retrieval score ${fmt(hit.retrieval_score)}`;
   const terms = Object.entries(fusion.weights)
     .filter(([, w]) => w !== 0)
     .map(([task, w]) => `${w}×${LABELS[task] || task} ${fmt(hit["p_" + task])}`);
-  const a = 1 - fusion.retrieval_weight;
-  return `why: ${terms.join(" + ")} = expected value ${fmt(hit.expected_value, 4)}; ` +
-    `score = ${a.toFixed(2)}·z(expected value) + ${fusion.retrieval_weight.toFixed(2)}·z(retrieval ${fmt(hit.retrieval_score)}) ` +
-    `= ${fmt(hit.score)} (z: standardised over this query's candidates)`;
+  const ev = `why: ${terms.join(" + ")} = expected value ${fmt(hit.expected_value, 4)}; `;
+  const w = fusion.retrieval_weight;
+  if (w === 0) return ev + "score = expected value";
+  const parts = [];
+  if (w < 1) parts.push(`${(1 - w).toFixed(2)}·z(expected value)`);
+  parts.push(`${w.toFixed(2)}·z(retrieval ${fmt(hit.retrieval_score)})`);
+  const note = w === 1 ? "; the blend fitted on the valid split gives the reranker no weight" : "";
+  return ev + `score = ${parts.join(" + ")} = ${fmt(hit.score)} (z: over this query's candidates)${note}`;
 }
 
 function bars(hit, tasks) {
