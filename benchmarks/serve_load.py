@@ -15,7 +15,7 @@ cost is part of what is measured.
 
 Inputs: ``--workdir`` holding a demo build (``make demo`` or ``pipeline demo --quick``).
 
-    python benchmarks/serve_load.py --workdir . [--seconds 10] [--concurrency 1,2,4,8,16] [--out FILE]
+    python benchmarks/serve_load.py --workdir . [--seconds 10] [--concurrency 1,2,4,8,16] [--max-queue 16] [--out FILE]
 """
 from __future__ import annotations
 
@@ -184,7 +184,8 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=50)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--max-queue", type=int, default=16)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/serve_load.json")
+    parser.add_argument("--out", type=Path, default=None, help="Also write the JSON here (run_all.py keeps "
+                        "it in benchmarks/results/serve_load.json).")
     args = parser.parse_args()
     workdir = args.workdir.resolve()
     queries = load_queries(workdir, args.queries)
@@ -211,8 +212,9 @@ def main() -> None:
             server.kill()
         log.close()
     report["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(report, indent=2))
 
 
