@@ -335,6 +335,8 @@ CASES: list[Case] = [
     Case("serve with an empty admin token", ("serve", "--admin-token", ""), message="--admin-token is empty"),
     Case("serve with an unknown backend", ("serve", "--backend", "gpu"), message="unknown backend 'gpu'"),
     Case("serve on a port out of range", ("serve", "--port", "70000"), message="--port must lie in 0..65535"),
+    Case("serve without an index stops with the reason", ("serve", "--index", "{tmp}/nope", "--port", "0"),
+         message="models failed to load:"),
     Case("search queries file invalid utf-8", ("search", "--queries-file", "{file}"),
          _write("queries.txt", b"sofa\n\xff\xfe lamp\n"), message="cannot read queries file"),
     Case("search queries file blank", ("search", "--queries-file", "{file}"), _write("queries.txt", "\n  \n"),

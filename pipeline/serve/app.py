@@ -36,7 +36,8 @@ log = logging.getLogger("shoprank.serve")
 
 #: Routes whose metrics are labelled by path; anything else is "other", so scanners probing
 #: random URLs cannot blow up the label set.
-ROUTES = ("/", "/search", "/score", "/healthz", "/readyz", "/metrics", "/admin/reload", "/static")
+ROUTES = ("/", "/search", "/score", "/healthz", "/readyz", "/metrics", "/admin/reload", "/static", "/docs",
+          "/openapi.json")
 #: Seconds a client is told to wait after a 503 (overload, or models still loading).
 RETRY_AFTER_S = 1
 

@@ -11,9 +11,16 @@ def run_server(settings: ServeSettings, log_level: str = "info") -> None:
     model threads. More throughput = more replicas behind a proxy (README, Deployment)."""
     import uvicorn
 
+    from pipeline.core.errors import ShoprankError
     from pipeline.serve.app import create_app
+    from pipeline.serve.state import SearcherSlot
 
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader narrates which build it picked
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level,
-                timeout_graceful_shutdown=10)
+    slot = SearcherSlot(settings)
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, slot), host=settings.host, port=settings.port,
+                                           log_level=log_level, timeout_graceful_shutdown=10))
+    slot.on_initial_failure = lambda: setattr(server, "should_exit", True)
+    server.run()
+    if slot.current is None and slot.last_error is not None:
+        raise ShoprankError(f"models failed to load: {slot.last_error}")

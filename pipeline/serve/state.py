@@ -94,6 +94,10 @@ class SearcherSlot:
         self.ready = threading.Event()
         self.last_error: str | None = None
         self.reloads = {"ok": 0, "failed": 0}
+        #: Called when the first load fails: `pipeline serve` stops then (a service that can
+        #: never answer should say so and exit), while a test or an embedding app may keep
+        #: running and fix it with a reload.
+        self.on_initial_failure: Callable[[], None] | None = None
 
     @property
     def current(self) -> Loaded | None:
@@ -110,6 +114,8 @@ class SearcherSlot:
         except Exception as exc:  # noqa: BLE001  (reported on /readyz; a reload can still fix it)
             self.last_error = one_line(exc)
             log.error("loading failed: %s", self.last_error)
+            if self.on_initial_failure is not None:
+                self.on_initial_failure()
 
     def reload(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """Load the artefacts beside the current ones, then swap; returns old and new ids.
