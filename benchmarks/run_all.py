@@ -11,7 +11,9 @@ and assembles ``benchmarks/results.json`` from all of them plus the machine it r
 * ``index_recall.py`` — FAISS flat / hnsw / ivfpq at 10k, 100k, 1M vectors vs IndexFlatIP;
 * ``score_logs_memory.py`` — peak memory of score-logs on a 200k-row log;
 * ``encoding_quality.py`` — int8 vs sentence-transformers fp32 catalog vectors, Recall@100 and
-  nDCG@10 on 3,000 held-out queries with bootstrap intervals.
+  nDCG@10 on 3,000 held-out queries with bootstrap intervals;
+* ``serve_load.py`` — `pipeline serve` under 1-16 concurrent clients (QPS, p50/p99, 503s) vs
+  sequential in-process search.
 
     python benchmarks/run_all.py [--workdir DIR] [--quick] [--only search_speed,index_recall] [--assemble]
 
@@ -63,12 +65,15 @@ def commands(workdir: Path, quick: bool) -> dict[str, list[str]]:
     index = [py, str(HERE / "index_recall.py"), "--ivfpq-nlist-1m", "1000"]
     memory = [py, str(HERE / "score_logs_memory.py"), "--workdir", str(workdir)]
     quality = [py, str(HERE / "encoding_quality.py"), "--workdir", str(workdir)]
+    serve = [py, str(HERE / "serve_load.py"), "--workdir", str(workdir)]
     if quick:
         speed += ["--products", "10000", "--queries", "20", "--log-rows", "60"]
         index += ["--sizes", "10000"]
         memory += ["--rows", "5000"]
         quality += ["--queries", "300"]
-    return {"search_speed": speed, "index_recall": index, "score_logs_memory": memory, "encoding_quality": quality}
+        serve += ["--seconds", "3", "--concurrency", "1,4,16"]
+    return {"search_speed": speed, "index_recall": index, "score_logs_memory": memory, "encoding_quality": quality,
+            "serve_load": serve}
 
 
 def main() -> None:

@@ -1,10 +1,10 @@
-"""Orchestration commands: `search`, `score-logs`, `evaluate`, `fit`, `demo`.
+"""Orchestration commands: `search`, `serve`, `score-logs`, `evaluate`, `fit`, `demo`.
 
 Thin on purpose: each command parses its options, calls one library function
-(:mod:`pipeline.search`, :mod:`pipeline.scoring`, :mod:`pipeline.evaluate`,
+(:mod:`pipeline.search`, :mod:`pipeline.serve`, :mod:`pipeline.scoring`, :mod:`pipeline.evaluate`,
 :mod:`pipeline.fit`, :mod:`pipeline.demo`) and prints a rich table or ``--json``. Heavy libraries are imported
 inside the functions so `pipeline --help` stays fast. Defaults can come from the
-``[search]``, ``[score-logs]``, ``[evaluate]``, ``[fit]`` and ``[demo]`` tables of pipeline.toml.
+``[search]``, ``[serve]``, ``[score-logs]``, ``[evaluate]``, ``[fit]`` and ``[demo]`` tables of pipeline.toml.
 """
 from __future__ import annotations
 
@@ -106,6 +106,32 @@ def _print_results(result: dict[str, Any], max_query_chars: int) -> None:
             continue
         print_table(rows, title=f"{title}" + ("" if result["reranked"] else "  (retrieval order, no reranker)"),
                     columns=cols)
+
+
+@app.command("serve")
+def serve(
+    index_dir: Path = _INDEX,
+    reranker: Optional[Path] = _RERANKER_OR_DEFAULT,
+    catalog: Optional[Path] = _CATALOG,
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Model calls run at once (threads; each ONNX call "
+                                "already uses every core, so add replicas rather than threads to scale)."),
+    max_queue: int = typer.Option(16, "--max-queue", min=0, help="Requests that may wait for a model thread; "
+                                  "past that, 503 with Retry-After."),
+    admin_token: Optional[str] = typer.Option(None, "--admin-token", help="Enables POST /admin/reload for "
+                                              "requests with 'Authorization: Bearer TOKEN' (or $SHOPRANK_ADMIN_TOKEN)."),
+    backend: str = _BACKEND,
+    precision: str = _PRECISION,
+) -> None:
+    """Serve search over HTTP: GET/POST /search, POST /score, /healthz, /readyz, /metrics,
+    POST /admin/reload and a web page at /. Models load once, on ONNX Runtime when exported."""
+    from pipeline.serve import Artefacts, ServeSettings, token_from_env
+    from pipeline.serve.server import run_server
+
+    artefacts = Artefacts(index_dir, reranker or DEFAULT_RERANKER_DIR, catalog, reranker_required=reranker is not None)
+    run_server(ServeSettings(artefacts, backend, precision, host, port, workers, max_queue,
+                             token_from_env(admin_token)))
 
 
 @app.command("score-logs")
