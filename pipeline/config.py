@@ -44,7 +44,8 @@ DEFAULT_RUNS_DIR = Path("runs")
 #: (benchmarks/search_speed.py).
 DEFAULT_CANDIDATES = 50
 #: First stage of every command (dense | lexical | hybrid): dense, because hybrid did not
-#: win on the sample world's valid split (README, "Hybrid recall").
+#: win on the sample world's valid split (README, "Hybrid recall"); an index records its own
+#: fitted fusion, so another shop can measure and choose differently.
 DEFAULT_RETRIEVAL = "dense"
 #: Systems `pipeline evaluate` knows, in table order (described in :mod:`pipeline.evaluate`);
 #: here so the CLI's --help needs no evaluation import.

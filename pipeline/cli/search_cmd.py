@@ -137,6 +137,7 @@ def score_logs(
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray scoring actors (default: one per CPU)."),
     backend: str = _BACKEND,
     precision: str = _PRECISION,
+    retrieval: str = _RETRIEVAL,
 ) -> None:
     """Score a query log offline into Parquet: streamed in batches, resumable, with the
     model ids in the file's metadata. Repeated queries are computed once. With --engine ray
@@ -146,7 +147,7 @@ def score_logs(
     report = run(input_path, output, engine=engine, index_dir=index_dir, reranker=reranker or DEFAULT_RERANKER_DIR,
                  reranker_required=reranker is not None, catalog=catalog, k=k, candidates=candidates,
                  batch_size=batch_size, resume=resume, show_progress=progress, backend=backend, precision=precision,
-                 address=address, workers=workers)
+                 address=address, workers=workers, retrieval=retrieval)
     _print_scoring_report(report, json_out)
 
 
