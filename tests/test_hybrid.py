@@ -174,7 +174,7 @@ def test_cli_search_retrieval_modes_and_filters(demo_run: tuple[Path, dict]) -> 
     catalog = pd.read_parquet(workdir / "data" / "sample" / "catalog.parquet")
     category = str(catalog["category"].iloc[0])
     for mode in ("lexical", "hybrid"):
-        proc = _cli(workdir, "search", "comfortable", "--k", "5", "--retrieval", mode, "--filter",
+        proc = _cli(workdir, "search", category.lower(), "--k", "5", "--retrieval", mode, "--filter",
                     f"category={category}", "--filter", "price<=100000", "--json")
         assert proc.returncode == 0, proc.stderr
         result = json.loads(proc.stdout)
