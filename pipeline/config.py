@@ -43,6 +43,14 @@ DEFAULT_RUNS_DIR = Path("runs")
 #: this, more candidates cost reranking time without a measurable ranking gain
 #: (benchmarks/search_speed.py).
 DEFAULT_CANDIDATES = 50
+#: First stage of every command (dense | lexical | hybrid): dense, because hybrid did not
+#: win on the sample world's valid split (README, "Hybrid recall"); an index records its own
+#: fitted fusion, so another shop can measure and choose differently.
+DEFAULT_RETRIEVAL = "dense"
+#: Systems `pipeline evaluate` knows, in table order (described in :mod:`pipeline.evaluate`);
+#: here so the CLI's --help needs no evaluation import.
+EVAL_SYSTEMS = ("bm25", "dense-zero-shot", "dense-fine-tuned", "two-stage", "oracle-rerank", "lexical", "hybrid",
+                "two-stage-hybrid")
 #: File name of a per-position impression log next to the other data files.
 POSITIONS_FILE = "positions.parquet"
 from pipeline.core.runtime import DEFAULT_SEED  # noqa: E402  (re-exported for the CLI)

@@ -8,10 +8,16 @@ Systems (each ranks the whole catalog for every query of the split):
 * ``two-stage``          that retriever's top ``candidates`` reranked by the cross-encoder;
 * ``oracle-rerank``      that retriever's top ``candidates`` sorted by their true grade: the
   best any reranker of those candidates could do. Its gap to ``dense-fine-tuned`` is the
-  headroom stage 2 has; a world or dataset with little headroom cannot show a reranker's worth.
+  headroom stage 2 has; a world or dataset with little headroom cannot show a reranker's worth;
+* ``lexical``            the index's own BM25 side (same text as its vectors);
+* ``hybrid``             the index's dense and lexical sides fused as its manifest records;
+* ``two-stage-hybrid``   the hybrid top ``candidates`` reranked (the served order with
+  ``--retrieval hybrid``).
 
-Each is scored overall and on the **vocabulary-mismatch** queries (no content word shared
-with any relevant product), where lexical matching fails by construction. Every system's
+The last three need an index with a lexical side and are left out (with a note) without one.
+Each is scored overall, on the **vocabulary-mismatch** queries (no content word shared
+with any relevant product), where lexical matching fails by construction, and on the
+**brand-model** queries (naming a catalog brand or a model-like token), where it should win. Every system's
 run is also written as a TREC run file (query ids as keys) next to a TREC qrels file, so
 the numbers can be re-checked with trec_eval / ir-measures — evaluation here is a separate
 step over run files, as in pyserini. Metrics come only from :mod:`pipeline.core.metrics`.
@@ -30,16 +36,18 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import DEFAULT_CANDIDATES, DEFAULT_INDEX_DIR, DEFAULT_RERANKER_DIR, DEFAULT_SEED
+from pipeline.config import DEFAULT_CANDIDATES, DEFAULT_INDEX_DIR, DEFAULT_RERANKER_DIR, DEFAULT_SEED, EVAL_SYSTEMS
 from pipeline.core.errors import DataError, ShoprankError
 from pipeline.core.tasks import COUNT_COLUMNS
 from pipeline.core.metrics import (DEFAULT_MEASURES, aggregate, auc, paired_bootstrap, per_query, write_trec_qrels,
                                    write_trec_run)
 
-SYSTEMS = ("bm25", "dense-zero-shot", "dense-fine-tuned", "two-stage", "oracle-rerank")
+SYSTEMS = EVAL_SYSTEMS
+#: Systems that read the index's lexical side.
+LEXICAL_SYSTEMS = ("lexical", "hybrid", "two-stage-hybrid")
 # Paired comparisons reported with a bootstrap interval: (system, the system it must beat).
 PAIRED_AGAINST = (("two-stage", "dense-fine-tuned"), ("dense-fine-tuned", "dense-zero-shot"),
-                  ("dense-zero-shot", "bm25"))
+                  ("dense-zero-shot", "bm25"), ("hybrid", "dense-fine-tuned"), ("two-stage-hybrid", "two-stage"))
 PAIRED_MEASURE = "nDCG@10"
 Ranker = Callable[[list[str]], tuple[list[list[str]], list[Sequence[float]]]]
 
@@ -99,7 +107,7 @@ def evaluate(data_dir: str | os.PathLike[str] | None = None, *, dataset: Any = N
     ``report["tasks"]`` the reranker's per-task engagement metrics; ``report["run_files"]``
     the TREC run files written to ``run_dir`` (a temporary directory if None, removed after).
     """
-    from pipeline.data import load_dataset, qrels_dict, vocabulary_mismatch_queries
+    from pipeline.data import brand_model_queries, load_dataset, qrels_dict, vocabulary_mismatch_queries
 
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
@@ -120,6 +128,9 @@ def evaluate(data_dir: str | os.PathLike[str] | None = None, *, dataset: Any = N
     qrels_by_id = {qid_of[t]: all_qrels[t] for t in texts}
     mismatch = vocabulary_mismatch_queries(split_df, ds.qrels, ds.catalog)
     mismatch_ids = [qid_of[t] for t in texts if t in mismatch]
+    anchored = brand_model_queries(split_df, ds.catalog)
+    anchored_ids = [qid_of[t] for t in texts if t in anchored]
+    systems = _available(systems, index_dir, progress)
 
     with tempfile.TemporaryDirectory(prefix="shoprank-eval-") as scratch:
         out_dir = Path(run_dir) if run_dir else Path(scratch) / "runs"
@@ -141,17 +152,19 @@ def evaluate(data_dir: str | os.PathLike[str] | None = None, *, dataset: Any = N
             path = out_dir / f"{system}.run"
             write_trec_run(path, run, system)
             run_files[system] = str(path)
-            for subset, keys in (("all", list(qrels_by_id)), ("mismatch", mismatch_ids)):
+            for subset, keys in (("all", list(qrels_by_id)), ("mismatch", mismatch_ids),
+                                 ("brand-model", anchored_ids)):
                 values = aggregate(run, qrels_by_id, measures, queries=keys) if keys else {m: float("nan") for m in measures}
                 rows.append({"system": system, "subset": subset, "queries": len(keys), **values})
             per_system[system] = per_query(run, qrels_by_id, [PAIRED_MEASURE])[PAIRED_MEASURE]
         task_rows = []
-        if "two-stage" in details and ds.engagement is not None:
+        if "two-stage-model" in details and ds.engagement is not None:
             say("evaluate: reranker per-task engagement metrics")
-            task_rows = _engagement_metrics(details["two-stage"], ds.catalog, ds.engagement, set(texts),
+            task_rows = _engagement_metrics(details["two-stage-model"], ds.catalog, ds.engagement, set(texts),
                                             max_engagement_pairs, seed)
         report = {
             "split": split, "queries": len(texts), "mismatch_queries": len(mismatch_ids),
+            "brand_model_queries": len(anchored_ids),
             "measures": list(measures), "rows": rows, "tasks": task_rows,
             "run_dir": str(out_dir) if run_dir else None,
             "run_files": run_files if run_dir else {},
@@ -162,6 +175,22 @@ def evaluate(data_dir: str | os.PathLike[str] | None = None, *, dataset: Any = N
         report["headroom"] = _headroom(rows)
         report["paired"] = _paired(per_system, seed)
     return report
+
+
+def _available(systems: Sequence[str], index_dir: Any, progress: Callable[[str], None] | None) -> list[str]:
+    """``systems`` minus those needing a lexical side the index lacks (said, not an error:
+    indexes built with --no-lexical or before it existed still evaluate the rest)."""
+    if not set(LEXICAL_SYSTEMS) & set(systems):
+        return list(systems)
+    from pipeline.core.artifacts import read_manifest
+
+    has_index = index_dir is not None and (Path(index_dir) / "manifest.json").is_file()
+    if has_index and "lexical" in read_manifest(index_dir):
+        return list(systems)
+    dropped = [s for s in systems if s in LEXICAL_SYSTEMS]
+    if progress:
+        progress(f"evaluate: {index_dir} has no lexical side; skipping {', '.join(dropped)}")
+    return [s for s in systems if s not in LEXICAL_SYSTEMS]
 
 
 def _paired(per_system: dict[str, dict[str, float]], seed: int) -> list[dict[str, Any]]:
@@ -212,12 +241,12 @@ def _build_rankers(ds: Any, systems: Sequence[str], scratch: Path, index_dir: An
         zero = _dense_zero_shot(ds.catalog, scratch, fields)
         details["dense-zero-shot-model"] = str(zero.encoder.model_id)
         rankers["dense-zero-shot"] = lambda qs: zero.search(qs, k=depth)
-    if {"dense-fine-tuned", "two-stage", "oracle-rerank"} & set(systems):
+    if {"dense-fine-tuned", "two-stage", "oracle-rerank", *LEXICAL_SYSTEMS} & set(systems):
         from pipeline.search import CatalogText, TwoStageSearcher
         from retrieval.index import Retriever
 
         # Always rank the dataset's own catalog (never a default path on disk).
-        model = _load_reranker(reranker) if "two-stage" in systems else None
+        model = _load_reranker(reranker) if {"two-stage", "two-stage-hybrid"} & set(systems) else None
         catalog_file = (getattr(ds, "report", None) or {}).get("files", {}).get("catalog")
         catalog = CatalogText.from_frame(ds.catalog, f"catalog {catalog_file}" if catalog_file else "the catalog",
                                          fields)
@@ -227,16 +256,26 @@ def _build_rankers(ds: Any, systems: Sequence[str], scratch: Path, index_dir: An
             rankers["dense-fine-tuned"] = lambda qs: searcher.retriever.search(qs, k=depth)
         if "oracle-rerank" in systems:
             rankers["oracle-rerank"] = _oracle(searcher.retriever, qrels or {}, candidates)
+        for mode in ("lexical", "hybrid"):
+            if mode in systems:
+                rankers[mode] = (lambda m: lambda qs: searcher.retriever.search(qs, k=depth, mode=m))(mode)
+        if model is not None:
+            details["two-stage-model"] = model
+            details["reranker"] = str(model.manifest.get("id", ""))
         if "two-stage" in systems:
-            details["two-stage"] = searcher.reranker
-            details["reranker"] = str(searcher.reranker.manifest.get("id", ""))
-
-            def two_stage(qs: list[str]) -> tuple[list[list[str]], list[list[float]]]:
-                hits = searcher.search_many(qs, k=candidates, candidates=candidates)
-                return [[h.product_id for h in row] for row in hits], [[h.score for h in row] for row in hits]
-
-            rankers["two-stage"] = two_stage
+            rankers["two-stage"] = _two_stage(searcher, candidates)
+        if "two-stage-hybrid" in systems:
+            hybrid = TwoStageSearcher(searcher.retriever, model, catalog, retrieval="hybrid", catalog_verified=True)
+            rankers["two-stage-hybrid"] = _two_stage(hybrid, candidates)
     return rankers, details
+
+
+def _two_stage(searcher: Any, candidates: int) -> Ranker:
+    """The searcher's served order of its top ``candidates`` (scores: the blended ranking score)."""
+    def rank(qs: list[str]) -> tuple[list[list[str]], list[list[float]]]:
+        hits = searcher.search_many(qs, k=candidates, candidates=candidates)
+        return [[h.product_id for h in row] for row in hits], [[h.score for h in row] for row in hits]
+    return rank
 
 
 def _index_text_fields(index_dir: Any) -> tuple[str, ...]:

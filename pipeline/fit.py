@@ -127,6 +127,7 @@ def fit_models(root: Path, dataset: Any, budget: FitBudget, *, steps: FitSteps, 
     from pipeline.evaluate import evaluate
     from pipeline.export import export_onnx
     from retrieval.encoders import load_encoder
+    from pipeline.hybrid import fit_index_fusion
     from retrieval.index import build_index
     from retrieval.train import train_retriever
 
@@ -151,7 +152,11 @@ def fit_models(root: Path, dataset: Any, budget: FitBudget, *, steps: FitSteps, 
         onnx_int8 = load_encoder(paths["retriever"], "onnx", "int8", model_id=encoder.model_id)
         report = build_index(dataset.catalog, onnx_int8, paths["index"], index_type="flat", show_progress=progress,
                              catalog_path=dataset.report["files"]["catalog"])
-        return {k: v for k, v in report.items() if isinstance(v, (int, float, str))}
+        out = {k: v for k, v in report.items() if isinstance(v, (int, float, str))}
+        if dataset.split_queries("valid"):  # the hybrid fusion is chosen on valid, like every other fit
+            fusion = fit_index_fusion(paths["index"], dataset, encoder=encoder)
+            out["hybrid_fusion"] = f"{fusion['method']}:{fusion['weight']:g}"
+        return out
 
     def fit_reranker() -> dict[str, Any]:
         # trained on the retriever's candidates; the blend with the retrieval score is then

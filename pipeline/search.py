@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import DEFAULT_CANDIDATES, DEFAULT_DATA_DIR, DEFAULT_INDEX_DIR, DEFAULT_PRECISION, DEFAULT_RERANKER_DIR
+from pipeline.config import (DEFAULT_CANDIDATES, DEFAULT_DATA_DIR, DEFAULT_INDEX_DIR, DEFAULT_PRECISION,
+                             DEFAULT_RERANKER_DIR, DEFAULT_RETRIEVAL)
 from pipeline.core.errors import ArtifactError, DataError, ShoprankError
 from pipeline.core.text import PRODUCT_TEXT_FIELDS, recorded_text_fields, require_same_text_fields
 
@@ -82,8 +83,12 @@ class CatalogText:
     """
 
     def __init__(self, ids: list[str], columns: dict[str, list[Any]], source: str = "the catalog",
-                 fields: Sequence[str] = PRODUCT_TEXT_FIELDS) -> None:
+                 fields: Sequence[str] = PRODUCT_TEXT_FIELDS, origin: Any = None) -> None:
+        """``origin``: the Parquet path or DataFrame the catalog came from, read again only
+        when a filter needs columns beyond the product text."""
         self.source = source  # how messages name it: "catalog <path>" when read from a file
+        self.origin = origin
+        self._table: Any = None
         self.ids = ids
         self.columns = columns
         self.fields = tuple(fields)
@@ -97,7 +102,7 @@ class CatalogText:
 
         columns = product_text_fields(frame, fields)
         columns.setdefault("title", frame["title"].tolist())
-        return cls(frame["product_id"].astype(str).tolist(), columns, source, fields)
+        return cls(frame["product_id"].astype(str).tolist(), columns, source, fields, origin=frame)
 
     @classmethod
     def read(cls, path: Path, fields: Sequence[str] = PRODUCT_TEXT_FIELDS) -> CatalogText:
@@ -127,12 +132,31 @@ class CatalogText:
                             and all(p.strip() and p == p.strip() for p in ids) and "None" not in ids
                             and len(set(ids)) == n
                             and all(c in names or c in PRODUCT_TEXT_FIELDS for c in fields)):
-                        return cls(ids, columns, f"catalog {path}", fields)
+                        return cls(ids, columns, f"catalog {path}", fields, origin=path)
             except (OSError, ValueError):
                 pass  # let the validating loader produce the one-line error
         from pipeline.data import load_dataset
 
         return cls.from_frame(load_dataset(catalog=path).catalog, f"catalog {path}", fields)
+
+    def table(self) -> Any:
+        """Every catalog column as a pyarrow Table in :attr:`ids` order, typed as stored
+        (the Parquet schema), for filters; read on first use."""
+        if self._table is None:
+            import pyarrow as pa
+
+            if isinstance(self.origin, Path):
+                import pyarrow.parquet as pq
+
+                table = pq.ParquetFile(self.origin).read()
+            elif self.origin is not None:
+                table = pa.Table.from_pandas(self.origin, preserve_index=False)
+            else:
+                table = pa.table({"product_id": self.ids, **self.columns})
+            if [str(p) for p in table.column("product_id").to_pylist()] != self.ids:
+                raise ArtifactError(f"{self.source}: changed while it was being read; search again")
+            self._table = table
+        return self._table
 
     def text(self, row: int) -> str:
         """Product text of one catalog row."""
@@ -154,13 +178,24 @@ class TwoStageSearcher:
 
     def __init__(self, retriever: Any, reranker: Any | None, catalog: Any, *,
                  weights: Mapping[str, float] | None = None, retrieval_weight: float | None = None,
-                 catalog_verified: bool = False) -> None:
+                 catalog_verified: bool = False, retrieval: str = DEFAULT_RETRIEVAL,
+                 allow_catalog_change: bool = False) -> None:
         """``catalog``: a :class:`CatalogText` or a catalog DataFrame. ``retrieval_weight``
         overrides the reranker manifest's fitted blend weight (0 = reranker order alone).
         ``catalog_verified``: the caller has checked that the catalog is the very file the index
-        was built from, so the per-product text check can be skipped."""
+        was built from, so the per-product text check can be skipped. ``retrieval``: the
+        first stage, ``dense``, ``lexical`` or ``hybrid`` (:mod:`retrieval.hybrid`).
+        ``allow_catalog_change``: skip the check that the catalog's product text is the one
+        indexed (a deliberate, e.g. price-only or typo-fix, change; rankings then use the old
+        text's vectors)."""
         from rerank.fusion import retrieval_weight as manifest_weight
+        from retrieval.hybrid import check_mode
 
+        self.retrieval = check_mode(retrieval)
+        if retrieval != "dense" and not getattr(retriever, "has_lexical", False):
+            raise ArtifactError(f"{getattr(retriever, 'index_dir', 'the index')}: no lexical index for --retrieval "
+                                f"{retrieval}; rebuild it with `pipeline build-index --lexical`")
+        self._selections: dict[tuple[Any, ...], Any] = {}
         self.retriever = retriever
         self.reranker = reranker
         self.retrieval_weight = (float(retrieval_weight) if retrieval_weight is not None
@@ -189,7 +224,7 @@ class TwoStageSearcher:
                 f"catalog does not match the index: product {missing[0]!r} is in the index but "
                 "not in the catalog; pass the catalog the index was built from"
             )
-        if not catalog_verified:
+        if not (catalog_verified or allow_catalog_change):
             self._check_catalog_text(retriever)
 
     def _check_catalog_text(self, retriever: Any) -> None:
@@ -209,7 +244,8 @@ class TwoStageSearcher:
                 raise ArtifactError(
                     f"{self.catalog.source} does not match index {getattr(retriever, 'index_dir', '')} "
                     f"(built from a catalog with fingerprint {manifest.get('catalog_fingerprint')}; product "
-                    f"{pid!r} has changed since); rebuild the index or pass the catalog it was built from")
+                    f"{pid!r} has changed since); rebuild the index, pass the catalog it was built from, "
+                    "or pass --allow-catalog-change")
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -217,7 +253,8 @@ class TwoStageSearcher:
              reranker: str | os.PathLike[str] | None = DEFAULT_RERANKER_DIR, *,
              catalog: str | os.PathLike[str] | None = None, backend: str = "auto",
              precision: str = DEFAULT_PRECISION, weights: Mapping[str, float] | None = None,
-             warn: bool = True, reranker_required: bool | None = None) -> TwoStageSearcher:
+             warn: bool = True, reranker_required: bool | None = None, retrieval: str = DEFAULT_RETRIEVAL,
+             allow_catalog_change: bool = False) -> TwoStageSearcher:
         """Load the index (and its query encoder), the reranker and the catalog.
 
         ``backend``: ``"onnx"`` runs both encoders on ONNX Runtime from their exports
@@ -232,7 +269,8 @@ class TwoStageSearcher:
         A reranker path given explicitly must exist (``reranker_required``: whether the user
         named it; None = any path but the default). ``catalog`` defaults to the catalog
         recorded in the index manifest, then ``data/sample/catalog.parquet``; a catalog whose
-        products differ from the ones indexed is refused.
+        products differ from the ones indexed is refused (unless ``allow_catalog_change``).
+        ``retrieval``: see :meth:`__init__`; checked before any model loads.
         """
         from pipeline.core.artifacts import file_has_sha256, read_manifest
         from pipeline.core.onnx import check_choices, has_export
@@ -242,13 +280,19 @@ class TwoStageSearcher:
         from retrieval.encoders import load_encoder
         from retrieval.index import INDEX_KIND, Retriever
 
+        from retrieval.hybrid import check_mode
+
         check_choices(backend, precision)
+        check_mode(retrieval)
         index_path = Path(index_dir)
         if not (index_path / "manifest.json").is_file():
             raise ArtifactError(
                 f"{index_path}: no index here; build one with `pipeline build-index` or run `pipeline demo`"
             )
         index_manifest = read_manifest(index_path, kind=INDEX_KIND)
+        if retrieval != "dense" and "lexical" not in index_manifest:
+            raise ArtifactError(f"{index_path}: no lexical index for --retrieval {retrieval}; rebuild it with "
+                                "`pipeline build-index --lexical`")
         model_path = Path(str(index_manifest.get("model_path") or ""))
         rpath = Path(reranker) if reranker is not None else None
         has_reranker = rpath is not None and (rpath / "manifest.json").is_file()
@@ -274,7 +318,7 @@ class TwoStageSearcher:
                 sys.stderr.write(f"note: {broken[0]} has no manifest.json (an interrupted export?); running the "
                                  "slower PyTorch models; re-run `pipeline export-onnx` to use ONNX Runtime\n")
         backend, precision = reranker_backend(rpath if has_reranker else None, backend, precision)
-        cat_path = Path(catalog) if catalog else _catalog_from_manifest(index_manifest)
+        cat_path = Path(catalog) if catalog else _catalog_from_manifest(index_manifest, index_path)
         recorded_sha = (index_manifest.get("inputs") or {}).get("catalog_sha256")
         catalog_verified = bool(recorded_sha) and file_has_sha256(cat_path, recorded_sha)
         if backend == "onnx":
@@ -301,7 +345,8 @@ class TwoStageSearcher:
             retriever = Retriever.load(index_path)
             model = load_reranker(rpath, "torch", precision) if has_reranker else None  # type: ignore[arg-type]
             catalog_text = CatalogText.read(cat_path, fields)
-        searcher = cls(retriever, model, catalog_text, weights=weights, catalog_verified=catalog_verified)
+        searcher = cls(retriever, model, catalog_text, weights=weights, catalog_verified=catalog_verified,
+                       retrieval=retrieval, allow_catalog_change=allow_catalog_change)
         searcher.backend, searcher.precision = backend, precision
         searcher.catalog_path = cat_path
         return searcher
@@ -325,6 +370,9 @@ class TwoStageSearcher:
             ids["reranker"] = str(self.reranker.manifest.get("id", ""))
             ids["fusion"] = f"retrieval_weight={self.retrieval_weight:g}"
         ids["backend"] = f"{self.backend}-{self.precision}"
+        if self.retrieval != "dense":
+            method, weight = self.retriever.fusion()
+            ids["retrieval"] = self.retrieval if self.retrieval == "lexical" else f"hybrid-{method}-{weight:g}"
         return ids
 
     def has_product(self, product_id: str) -> bool:
@@ -350,23 +398,52 @@ class TwoStageSearcher:
             scores = blend(scores, retrieval_scores, 1.0 - self.retrieval_weight)
         return probs, scores
 
-    def search(self, query: str, k: int = 10, candidates: int = DEFAULT_CANDIDATES) -> list[SearchHit]:
+    def search(self, query: str, k: int = 10, candidates: int = DEFAULT_CANDIDATES,
+               filters: Sequence[str] | str | None = None) -> list[SearchHit]:
         """Top-k products for one query (see :meth:`search_many`)."""
-        return self.search_many([query], k=k, candidates=candidates)[0]
+        return self.search_many([query], k=k, candidates=candidates, filters=filters)[0]
 
-    def search_many(self, queries: Sequence[str], k: int = 10, candidates: int = DEFAULT_CANDIDATES) -> list[list[SearchHit]]:
+    def selection(self, filters: Sequence[str] | str | None) -> Any:
+        """The index selection of the catalog products matching every filter (None: no filter).
+
+        Filters are typed by the catalog's columns (:mod:`pipeline.data.filters`); a bad one
+        is a one-line DataError. Selections are kept per filter set, so batch scoring with
+        one filter repeated over many queries builds it once."""
+        if not filters:
+            return None
+        from pipeline.data.filters import filter_mask, parse_filters
+
+        parsed = parse_filters(filters)
+        if not parsed:
+            return None
+        key = tuple(sorted(f.spec for f in parsed))
+        if key not in self._selections:
+            mask = filter_mask(parsed, self.catalog.table())
+            self._selections[key] = self.retriever.select(np.asarray(self.catalog.ids)[mask])
+        return self._selections[key]
+
+    def search_many(self, queries: Sequence[str], k: int = 10, candidates: int = DEFAULT_CANDIDATES,
+                    filters: Sequence[str] | str | None = None) -> list[list[SearchHit]]:
         """Top-k products per query: retrieve ``candidates``, rerank them, keep ``k``.
 
         Each query is retrieved and reranked on its own (determinism contract above).
         Ties in the fused score are broken by retrieval rank, so the order is total.
+        ``filters`` (e.g. ``["category=Sofas", "price<=500"]``) restrict retrieval to the
+        matching products, so all ``k`` results match.
         """
         if k < 1 or candidates < 1:
             raise ShoprankError(f"k and candidates must be >= 1 (got k={k}, candidates={candidates})")
         candidates = max(candidates, k) if self.reranker is not None else k
+        where = self.selection(filters)
+        options: dict[str, Any] = {}
+        if self.retrieval != "dense":
+            options["mode"] = self.retrieval
+        if where is not None:
+            options["where"] = where
         results = []
         for raw in queries:
             query = clean_query(raw)
-            ids_list, scores_list = self.retriever.search([query], k=candidates)
+            ids_list, scores_list = self.retriever.search([query], k=candidates, **options)
             ids = [str(p) for p in ids_list[0]]
             rscores = np.asarray(scores_list[0], dtype=np.float64)[: len(ids)]
             if self.reranker is None or not ids:
@@ -416,13 +493,18 @@ def searcher_text_fields(index_manifest: Mapping[str, Any] | None, reranker_mani
     return require_same_text_fields(recorded_text_fields(reranker_manifest), name, indexed, f"index {index_dir}")
 
 
-def _catalog_from_manifest(manifest: Mapping[str, Any]) -> Path:
-    """The catalog path an index records (if it still exists), else the sample default."""
+def _catalog_from_manifest(manifest: Mapping[str, Any], index_dir: Path | None = None) -> Path:
+    """The catalog path an index records (if it still exists), else the sample default.
+
+    A relative recorded path is relative to the index directory
+    (:func:`retrieval.index.recorded_catalog_path`), so a moved project keeps working."""
     inputs = manifest.get("inputs", {}) if isinstance(manifest, Mapping) else {}
     for key in ("catalog", "catalog_path"):
         value = inputs.get(key) or manifest.get(key)
-        if isinstance(value, str) and Path(value).is_file():
-            return Path(value)
+        if isinstance(value, str):
+            path = Path(value) if Path(value).is_absolute() or index_dir is None else Path(index_dir) / value
+            if path.is_file():
+                return path
     return Path(DEFAULT_DATA_DIR) / "catalog.parquet"
 
 
@@ -431,21 +513,29 @@ def run_search(queries: Sequence[str], *, k: int = 10, candidates: int = DEFAULT
                reranker: str | os.PathLike[str] | None = DEFAULT_RERANKER_DIR,
                catalog: str | os.PathLike[str] | None = None, weights: Mapping[str, float] | None = None,
                backend: str = "auto", precision: str = DEFAULT_PRECISION,
-               reranker_required: bool | None = None) -> dict[str, Any]:
+               reranker_required: bool | None = None, retrieval: str = DEFAULT_RETRIEVAL,
+               filters: Sequence[str] | None = None, allow_catalog_change: bool = False) -> dict[str, Any]:
     """Load the searcher once and answer several queries (what `pipeline search` prints).
 
-    Queries are validated *before* any model is loaded, so a blank query fails in
-    milliseconds with a one-line error instead of after a model load.
+    Queries and filters are validated *before* any model is loaded, so a blank query or a
+    malformed filter fails in milliseconds with a one-line error instead of after a model load.
     """
     if not queries:
         raise ShoprankError("no query given; pass a query or --queries-file")
+    if filters:
+        from pipeline.data.filters import parse_filters
+
+        parse_filters(filters)
     cleaned = [clean_query(q) for q in queries]
     truncated = [i for i, q in enumerate(queries) if len(" ".join(str(q).split())) > MAX_QUERY_CHARS]
     searcher = TwoStageSearcher.load(index_dir, reranker, catalog=catalog, backend=backend, precision=precision,
-                                     weights=weights, reranker_required=reranker_required)
-    hits = searcher.search_many(cleaned, k=k, candidates=candidates)
+                                     weights=weights, reranker_required=reranker_required, retrieval=retrieval,
+                                     allow_catalog_change=allow_catalog_change)
+    hits = searcher.search_many(cleaned, k=k, candidates=candidates, filters=filters)
     return {
         "reranked": searcher.reranked, "tasks": list(searcher.tasks), "models": searcher.manifest_ids(),
+        **({"retrieval": searcher.retrieval} if searcher.retrieval != DEFAULT_RETRIEVAL else {}),
+        **({"filters": list(filters)} if filters else {}),
         "results": [{"query": q, "truncated": i in truncated, "hits": [h.as_dict() for h in row]}
                     for i, (q, row) in enumerate(zip(cleaned, hits))],
     }

@@ -14,6 +14,16 @@ Design choices (and why):
 * **Atomic directories.** Build, add, remove and compact each write a complete new
   directory next to the old one and rename it into place (``atomic_directory``), so a
   process killed half-way leaves the previous index intact and loadable.
+* **Lexical side.** Unless built with ``lexical=False``, the directory also holds a bm25s
+  index over the same product text (``lexical/``, see :mod:`retrieval.lexical`), covered by
+  the manifest's checksums and rewritten by every add/remove/compact, so ``dense``,
+  ``lexical`` and ``hybrid`` search always see the same products. It is loaded on first
+  use only: a dense search never reads it.
+* **Filters.** A :class:`Selection` (the products a filter keeps) is applied inside FAISS
+  with an ``IDSelector`` where the index supports one (flat, HNSW, IVF, refine); a selection
+  of at most :data:`EXACT_SELECTION_LIMIT` products is searched exactly instead, and any
+  other index type over-fetches until ``k`` matching products are found (see
+  :meth:`Retriever.search_vectors`).
 * **Integrity.** The manifest records the sha256 and byte size of ``index.faiss``, the
   dimension, the vector count and the model's weights checksum; :meth:`Retriever.load`
   refuses a corrupt file, a wrong dimension, or a query model other than the one recorded.
@@ -37,10 +47,13 @@ from pipeline.core.errors import ArtifactError, DataError
 from pipeline.core.runtime import DEFAULT_SEED
 from pipeline.core.text import PRODUCT_TEXT_FIELDS, TEXT_FIELDS_KEY, fingerprint_columns, recorded_text_fields
 
+from retrieval.hybrid import FUSION_KEY
+
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
     from retrieval.encoder import BiEncoder
+    from retrieval.lexical import BM25Retriever
 
 INDEX_KIND = "faiss-index"
 INDEX_FILE = "index.faiss"
@@ -50,6 +63,11 @@ STATUS_FILE = "status.npy"
 #: from: what lets a searcher refuse a catalog whose products changed since indexing.
 TEXT_HASHES_FILE = "text_hashes.npy"
 LIVE, REMOVED, TOMBSTONED = 0, 1, 2
+#: Manifest key of the lexical side: its files' sha256, product count and BM25 parameters.
+LEXICAL_KEY = "lexical"
+#: Selections this small are searched exactly over their own vectors: cheaper than a graph
+#: or inverted-list walk that must skip most of what it visits, and recall is then 1.
+EXACT_SELECTION_LIMIT = 2048
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")
 
 
@@ -174,19 +192,63 @@ def measure_latency(index: Any, vectors: np.ndarray, k: int = 100, n_queries: in
             "k": int(k)}
 
 
+def _lexical_of(lexical: "BM25Retriever | Sequence[str] | None", ids: np.ndarray) -> "BM25Retriever | None":
+    """The lexical side to save: built from per-id texts, or the given one."""
+    from retrieval.lexical import BM25Retriever
+
+    if lexical is None or isinstance(lexical, BM25Retriever):
+        return lexical
+    texts = list(lexical)
+    if len(texts) != len(ids):
+        raise DataError(f"{len(texts)} product texts for {len(ids)} ids")
+    return BM25Retriever(ids=ids.tolist(), texts=texts)
+
+
+def _save_lexical(lexical: "BM25Retriever | None", directory: Path) -> dict[str, Any] | None:
+    """Write the lexical side into ``directory/lexical`` and return its manifest record."""
+    from retrieval.lexical import LEXICAL_DIR
+
+    if lexical is None:
+        return None
+    started = time.perf_counter()
+    lexical.save(directory / LEXICAL_DIR)
+    files = {f.name: hash_file(f)[0] for f in sorted((directory / LEXICAL_DIR).iterdir())}
+    return {"dir": LEXICAL_DIR, "count": len(lexical.catalog_ids), "k1": lexical.k1, "b": lexical.b,
+            "files": files, "build_seconds": round(time.perf_counter() - started, 3)}
+
+
+def _load_lexical(index_dir: Path, manifest: dict[str, Any]) -> "BM25Retriever":
+    """Open the lexical side after checking every file against the manifest's checksums."""
+    from retrieval.lexical import BM25Retriever
+
+    record = manifest.get(LEXICAL_KEY)
+    if not isinstance(record, dict) or not isinstance(record.get("files"), dict):
+        raise ArtifactError(f"{index_dir}: this index has no lexical side; rebuild it with "
+                            "`pipeline build-index --lexical` to use lexical or hybrid retrieval")
+    directory = index_dir / str(record.get("dir", "lexical"))
+    for name, digest in record["files"].items():
+        path = directory / name
+        if not path.is_file() or not file_has_sha256(path, digest):
+            raise ArtifactError(f"{path}: corrupt or missing lexical index file (checksum does not match the "
+                                "manifest); rebuild the index")
+    return BM25Retriever.load(directory, k1=float(record.get("k1", 1.5)), b=float(record.get("b", 0.75)))
+
+
 @writes_output("out_dir", "index")
 def build_from_vectors(vectors: np.ndarray, ids: Sequence[str], out_dir: str | os.PathLike[str], *,
                        index_type: str = "flat", factory: str | None = None, model: dict[str, Any] | None = None,
                        catalog_fingerprint: str | None = None, seed: int = DEFAULT_SEED,
                        text_hashes: np.ndarray | None = None, catalog: dict[str, Any] | None = None,
-                       text_fields: Sequence[str] | None = None, **params: Any) -> dict[str, Any]:
+                       text_fields: Sequence[str] | None = None,
+                       lexical: "BM25Retriever | Sequence[str] | None" = None, **params: Any) -> dict[str, Any]:
     """Build and save an index from precomputed unit vectors (the encoder-free core of
     :func:`build_index`; the benchmark uses it on synthetic vectors).
 
     ``text_hashes``: per vector, the hash of the product text it was encoded from (stored, so
     searchers can refuse a changed catalog); ``catalog``: the catalog file's ``path`` and
     ``sha256``, recorded in the manifest's inputs; ``text_fields``: the product text fields the
-    vectors were encoded from (recorded when given; synthetic vectors have none).
+    vectors were encoded from (recorded when given; synthetic vectors have none); ``lexical``:
+    the product texts (one per id) to build the lexical side from, or a built one to keep.
     """
     faiss = _faiss()
     check_build_options(index_type, factory, {k: v for k, v in params.items() if k in _SEARCH_PARAMS})
@@ -222,6 +284,7 @@ def build_from_vectors(vectors: np.ndarray, ids: Sequence[str], out_dir: str | o
     _apply_search_params(index, search_params)
     build_seconds = time.perf_counter() - started
     latency_ms = measure_latency(index, vectors, k=min(100, n))
+    lexical_index = _lexical_of(lexical, ids_arr)
 
     target = Path(out_dir)
     with atomic_directory(target) as tmp:
@@ -231,6 +294,7 @@ def build_from_vectors(vectors: np.ndarray, ids: Sequence[str], out_dir: str | o
         np.save(tmp / STATUS_FILE, np.zeros(n, dtype=np.int8), allow_pickle=False)
         if text_hashes is not None:
             np.save(tmp / TEXT_HASHES_FILE, np.asarray(text_hashes, dtype=np.int64), allow_pickle=False)
+        lexical_record = _save_lexical(lexical_index, tmp)
         manifest = build_manifest(
             INDEX_KIND,
             config={"index_type": index_type if factory == preset_factory else "custom", "factory": factory,
@@ -245,6 +309,7 @@ def build_from_vectors(vectors: np.ndarray, ids: Sequence[str], out_dir: str | o
             **({TEXT_FIELDS_KEY: list(text_fields)} if text_fields is not None else {}),
             build_seconds=round(build_seconds, 3), query_latency_ms=latency_ms, index_sha256=digest,
             index_bytes=(tmp / INDEX_FILE).stat().st_size, updates=[],
+            **({LEXICAL_KEY: lexical_record} if lexical_record else {}),
         )
         write_manifest(tmp, manifest)
     remember_sha256(target / INDEX_FILE, digest, stat)  # the first search need not re-hash it
@@ -255,7 +320,7 @@ def build_from_vectors(vectors: np.ndarray, ids: Sequence[str], out_dir: str | o
 def build_index(catalog_df: "pd.DataFrame", encoder: "BiEncoder", out_dir: str | os.PathLike[str],
                 index_type: str = "flat", *, factory: str | None = None, batch_size: int = 64,
                 show_progress: bool = True, catalog_path: str | os.PathLike[str] | None = None,
-                text_fields: Sequence[str] | None = None, **params: Any) -> dict[str, Any]:
+                text_fields: Sequence[str] | None = None, lexical: bool = True, **params: Any) -> dict[str, Any]:
     """Encode a catalog with ``encoder`` and write a complete index directory to ``out_dir``.
 
     ``catalog_path``: the file ``catalog_df`` was read from; recorded (with its sha256) so
@@ -272,7 +337,7 @@ def build_index(catalog_df: "pd.DataFrame", encoder: "BiEncoder", out_dir: str |
     stat: list[int] = []
     if catalog_path is not None:
         digest, stat = hash_file(catalog_path)
-        catalog = {"catalog": str(Path(catalog_path).resolve()), "catalog_sha256": digest}
+        catalog = {"catalog": recorded_catalog_path(catalog_path, out_dir), "catalog_sha256": digest}
     started = time.perf_counter()
     vectors = encoder.encode_catalog(catalog_df, batch_size=batch_size, show_progress=show_progress, fields=fields)
     encode_seconds = time.perf_counter() - started
@@ -280,11 +345,22 @@ def build_index(catalog_df: "pd.DataFrame", encoder: "BiEncoder", out_dir: str |
     manifest = build_from_vectors(vectors, catalog_df["product_id"].astype(str).tolist(), out_dir,
                                   index_type=index_type, factory=factory, model=encoder.describe(),
                                   catalog_fingerprint=fp, text_hashes=hashes,
-                                  catalog=catalog, text_fields=fields, **params)
+                                  catalog=catalog, text_fields=fields,
+                                  lexical=_product_texts(catalog_df, fields) if lexical else None, **params)
     if catalog_path is not None:
         remember_sha256(catalog_path, catalog["catalog_sha256"], stat)  # the first search need not re-hash it
     manifest["encode_seconds"] = round(encode_seconds, 3)
     return manifest
+
+
+def recorded_catalog_path(catalog_path: str | os.PathLike[str], index_dir: str | os.PathLike[str]) -> str:
+    """How an index records its catalog: relative to the index directory when both lie inside
+    the working directory (the project), so moving or copying the project keeps the binding;
+    absolute otherwise (a shared catalog elsewhere stays found from any project)."""
+    catalog, index, root = Path(catalog_path).resolve(), Path(index_dir).resolve(), Path.cwd().resolve()
+    if catalog.is_relative_to(root) and index.is_relative_to(root):
+        return os.path.relpath(catalog, index)
+    return str(catalog)
 
 
 def index_text_fields(encoder: Any, requested: Sequence[str] | None) -> tuple[str, ...]:
@@ -305,6 +381,12 @@ def index_text_fields(encoder: Any, requested: Sequence[str] | None) -> tuple[st
         raise ArtifactError(f"retriever {path} was trained on product text fields {','.join(trained)}, not "
                             f"{','.join(requested)}; drop --text-fields or retrain with matching --text-fields")
     return requested
+
+
+def _product_texts(catalog_df: "pd.DataFrame", fields: Sequence[str]) -> list[str]:
+    from pipeline.data import product_text
+
+    return product_text(catalog_df, fields)
 
 
 def product_text_hashes(catalog_df: "pd.DataFrame", fields: Sequence[str] = PRODUCT_TEXT_FIELDS) -> np.ndarray:
@@ -350,6 +432,7 @@ class Retriever:
         self.manifest = manifest
         self.encoder = encoder
         self._tombstoned = int((status == TOMBSTONED).sum())
+        self._lexical: "BM25Retriever | None" = None
 
     @classmethod
     def load(cls, index_dir: str | os.PathLike[str], encoder: "BiEncoder | None" = None, *,
@@ -429,26 +512,94 @@ class Retriever:
     def dim(self) -> int:
         return int(self.index.d)
 
-    def search(self, queries: Sequence[str], k: int = 100, batch_size: int = 64) -> tuple[list[list[str]], list[np.ndarray]]:
-        """Top-``k`` product ids and inner-product scores per query (batched encoding + search)."""
+    @property
+    def has_lexical(self) -> bool:
+        """Whether the index directory holds a lexical side (lexical and hybrid search need one)."""
+        return isinstance(self.manifest.get(LEXICAL_KEY), dict)
+
+    @property
+    def lexical(self) -> "BM25Retriever":
+        """The lexical side, verified and loaded on first use (dense search never pays for it)."""
+        if self._lexical is None:
+            self._lexical = _load_lexical(self.index_dir, self.manifest)
+        return self._lexical
+
+    def fusion(self) -> tuple[str, float]:
+        """(method, dense weight) of hybrid search, as fitted into the manifest (else RRF)."""
+        from retrieval.hybrid import recorded_fusion
+
+        return recorded_fusion(self.manifest)
+
+    def select(self, product_ids: Sequence[str] | np.ndarray) -> "Selection":
+        """The live products among ``product_ids``, to pass as ``where=`` to :meth:`search`."""
+        wanted = np.isin(self.ids.astype(str), np.asarray([str(p) for p in product_ids]))
+        return Selection(self, wanted & (self.status == LIVE))
+
+    def search(self, queries: Sequence[str], k: int = 100, batch_size: int = 64, *, mode: str = "dense",
+               where: "Selection | None" = None) -> tuple[list[list[str]], list[np.ndarray]]:
+        """Top-``k`` product ids and scores per query.
+
+        ``mode``: ``dense`` (inner product of unit vectors), ``lexical`` (BM25) or ``hybrid``
+        (both fused as the manifest records, see :mod:`retrieval.hybrid`); scores are each
+        mode's own. ``where``: only products of this :meth:`select` selection are returned.
+        """
+        from retrieval.hybrid import check_mode, fuse, fusion_depth
+
+        check_mode(mode)
+        queries = list(queries)
+        if mode == "lexical":
+            return self._lexical_search(queries, k, where)
         if self.encoder is None:
             raise ArtifactError(f"{self.index_dir}: retriever loaded without an encoder; cannot search text")
-        vecs = self.encoder.encode_queries(list(queries), batch_size=batch_size)
-        return self.search_vectors(vecs, k)
+        if mode == "dense":
+            vecs = self.encoder.encode_queries(queries, batch_size=batch_size)
+            return self.search_vectors(vecs, k, where=where)
+        depth = fusion_depth(k)
+        lexical = self._lexical_search(queries, depth, where)  # first: refuses an index without one
+        dense = self.search_vectors(self.encoder.encode_queries(queries, batch_size=batch_size), depth, where=where)
+        method, weight = self.fusion()
+        fused = [fuse((d_ids, d_sc), (l_ids, l_sc), k, method, weight)
+                 for d_ids, d_sc, l_ids, l_sc in zip(*dense, *lexical)]
+        return [ids for ids, _ in fused], [scores for _, scores in fused]
 
-    def search_vectors(self, vecs: np.ndarray, k: int = 100) -> tuple[list[list[str]], list[np.ndarray]]:
-        """Search unit query vectors; tombstoned slots are over-fetched and filtered out."""
+    def _lexical_search(self, queries: list[str], k: int,
+                        where: "Selection | None") -> tuple[list[list[str]], list[np.ndarray]]:
+        lexical = self.lexical
+        mask = None if where is None else where.lexical_mask()
+        if mask is not None and not mask.any():
+            return [[] for _ in queries], [np.zeros(0, np.float32) for _ in queries]
+        return lexical.search(queries, k, weight_mask=mask)
+
+    def search_vectors(self, vecs: np.ndarray, k: int = 100, *,
+                       where: "Selection | None" = None) -> tuple[list[list[str]], list[np.ndarray]]:
+        """Search unit query vectors; tombstoned slots are over-fetched and filtered out.
+
+        With ``where``, only the selected products come back, found by the first that applies:
+        an exact search over the selection's own vectors (at most
+        :data:`EXACT_SELECTION_LIMIT` products, or any size when the index supports no
+        selector); FAISS's ``IDSelector`` inside the search (flat, HNSW, IVF, refine: the
+        index's own recall, restricted to the selection); otherwise over-fetching, doubling
+        until ``k`` selected products are found or the whole index was fetched — the
+        unfiltered ranking restricted to the selection, never fewer than ``k`` when ``k`` exist.
+        """
         vecs = _check_vectors(vecs, self.dim)
         if len(vecs) == 0 or k <= 0:
             return [[] for _ in range(len(vecs))], [np.zeros(0, np.float32) for _ in range(len(vecs))]
+        if where is not None:
+            return where.search(vecs, int(k))
         fetch = min(int(k) + self._tombstoned, max(int(self.index.ntotal), 1))
         scores, slots = self.index.search(vecs, fetch)
+        return self._rows(scores, slots, int(k), self.status == LIVE if self._tombstoned else None)
+
+    def _rows(self, scores: np.ndarray, slots: np.ndarray, k: int,
+              keep_slots: np.ndarray | None) -> tuple[list[list[str]], list[np.ndarray]]:
+        """Per query, the first ``k`` returned slots that exist (and are in ``keep_slots``)."""
         out_ids: list[list[str]] = []
         out_scores: list[np.ndarray] = []
         for row_s, row_i in zip(scores, slots):
             keep = row_i >= 0
-            if self._tombstoned:
-                keep &= self.status[np.clip(row_i, 0, None)] == LIVE
+            if keep_slots is not None:
+                keep &= keep_slots[np.clip(row_i, 0, None)]
             row_i, row_s = row_i[keep][:k], row_s[keep][:k]
             out_ids.append(self.ids[row_i].tolist())
             out_scores.append(row_s.astype(np.float32))
@@ -465,9 +616,115 @@ class Retriever:
             "model_id": m.get("model_id"), "model_path": m.get("model_path"),
             "catalog_fingerprint": m.get("catalog_fingerprint"), "text_fields": list(self.text_fields),
             "build_seconds": m.get("build_seconds"),
+            "lexical_products": (m.get(LEXICAL_KEY) or {}).get("count"),
+            "hybrid_fusion": m.get(FUSION_KEY),
             "query_latency_ms": m.get("query_latency_ms"),
             "index_bytes": m.get("index_bytes"), "created": m.get("created"), "updates": len(m.get("updates") or []),
         }
+
+
+class Selection:
+    """A subset of an index's live products (what a filter keeps), searchable by every mode.
+
+    Built once per filter by :meth:`Retriever.select` and reused across queries: the FAISS
+    selector, the lexical weight mask and, for small selections, the selected vectors are
+    made on first use and kept.
+    """
+
+    def __init__(self, retriever: Retriever, slots_mask: np.ndarray) -> None:
+        self.retriever = retriever
+        self.mask = slots_mask
+        self.slots = np.flatnonzero(slots_mask).astype(np.int64)
+        self._vectors: np.ndarray | None = None
+        self._lexical_mask: np.ndarray | None = None
+        self._selector: Any = None
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    @property
+    def product_ids(self) -> list[str]:
+        return self.retriever.ids[self.slots].astype(str).tolist()
+
+    def lexical_mask(self) -> np.ndarray:
+        if self._lexical_mask is None:
+            self._lexical_mask = self.retriever.lexical.mask(self.product_ids)
+        return self._lexical_mask
+
+    def search(self, vecs: np.ndarray, k: int) -> tuple[list[list[str]], list[np.ndarray]]:
+        """Top ``k`` selected products per query vector (strategy: :meth:`Retriever.search_vectors`)."""
+        retriever, n = self.retriever, len(self.slots)
+        if n == 0:
+            return [[] for _ in range(len(vecs))], [np.zeros(0, np.float32) for _ in range(len(vecs))]
+        k = min(k, n)
+        params = None if n <= EXACT_SELECTION_LIMIT else self._search_params()
+        if params is None and (n <= EXACT_SELECTION_LIMIT or self._selector == "unsupported"):
+            vectors = self._selected_vectors()
+            if vectors is not None:
+                scores = vecs @ vectors.T
+                top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+                return retriever._rows(np.take_along_axis(scores, top, 1), self.slots[top], k, None)
+        if params is not None:
+            scores, slots = retriever.index.search(vecs, k, params=params)
+            return retriever._rows(scores, slots, k, self.mask)
+        fetch, total = min(max(4 * k, k + retriever._tombstoned), int(retriever.index.ntotal)), int(retriever.index.ntotal)
+        while True:
+            scores, slots = retriever.index.search(vecs, fetch)
+            found = retriever._rows(scores, slots, k, self.mask)
+            if fetch >= total or all(len(ids) >= k for ids in found[0]):
+                return found
+            fetch = min(2 * fetch, total)
+
+    def _selected_vectors(self) -> np.ndarray | None:
+        """The selection's stored vectors (None when the index cannot return them)."""
+        if self._vectors is None:
+            try:
+                index = self.retriever.index
+                if _uses_idmap(index):
+                    self._vectors = np.vstack([index.reconstruct(int(s)) for s in self.slots])
+                else:
+                    self._vectors = index.reconstruct_batch(self.slots)
+            except RuntimeError:
+                return None
+        return self._vectors
+
+    def _search_params(self) -> Any:
+        """FAISS SearchParameters carrying an IDSelector over the selected slots, or None
+        (remembered as "unsupported") when the index type takes none."""
+        if self._selector == "unsupported":
+            return None
+        faiss = _faiss()
+        bits = np.packbits(self.mask.astype(np.uint8), bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(self.mask), faiss.swig_ptr(bits))
+        params = _params_with_selector(faiss, self.retriever.index, selector)
+        if params is None:
+            self._selector = "unsupported"
+            return None
+        self._selector = (bits, selector, params)  # FAISS holds raw pointers: keep the owners alive
+        return params
+
+
+def _params_with_selector(faiss: Any, index: Any, selector: Any) -> Any:
+    """SearchParameters of the right type for ``index`` (nested for IDMap/refine) with ``selector``."""
+    inner = faiss.downcast_index(index)
+    name = type(inner).__name__
+    if "IDMap" in name:
+        return _params_with_selector(faiss, inner.index, selector)
+    if "Refine" in name:
+        base = _params_with_selector(faiss, inner.base_index, selector)
+        if base is None:
+            return None
+        params = faiss.IndexRefineSearchParameters(k_factor=float(inner.k_factor), base_index_params=base)
+        params.sel = selector
+        params._base = base  # keep the nested parameters alive as long as the outer ones
+        return params
+    if "HNSW" in name:
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=int(inner.hnsw.efSearch))
+    if "IVF" in name:
+        return faiss.SearchParametersIVF(sel=selector, nprobe=int(inner.nprobe))
+    if name in ("IndexFlat", "IndexFlatIP", "IndexFlatL2"):
+        return faiss.SearchParameters(sel=selector)
+    return None
 
 
 def check_encoder(manifest: dict[str, Any], encoder: "BiEncoder", index_dir: Path | str) -> None:
@@ -482,8 +739,10 @@ def check_encoder(manifest: dict[str, Any], encoder: "BiEncoder", index_dir: Pat
 
 
 def _save_updated(retriever: Retriever, index: Any, ids: np.ndarray, status: np.ndarray,
-                  update: dict[str, Any], text_hashes: np.ndarray | None) -> dict[str, Any]:
-    """Write an updated copy of the index directory atomically and return its manifest."""
+                  update: dict[str, Any], text_hashes: np.ndarray | None,
+                  lexical: "BM25Retriever | None" = None) -> dict[str, Any]:
+    """Write an updated copy of the index directory atomically and return its manifest
+    (with ``lexical``, the updated lexical side, replacing the old one)."""
     faiss = _faiss()
     manifest = dict(retriever.manifest)
     if update["op"] == "add":  # the recorded catalog file no longer describes every indexed product
@@ -495,6 +754,8 @@ def _save_updated(retriever: Retriever, index: Any, ids: np.ndarray, status: np.
         np.save(tmp / STATUS_FILE, status, allow_pickle=False)
         if text_hashes is not None:
             np.save(tmp / TEXT_HASHES_FILE, text_hashes, allow_pickle=False)
+        if lexical is not None:
+            manifest[LEXICAL_KEY] = _save_lexical(lexical, tmp)
         manifest.update(
             count=int(index.ntotal), live=int((status == LIVE).sum()), tombstoned=int((status == TOMBSTONED).sum()),
             removed=int((status == REMOVED).sum()), index_sha256=digest,
@@ -562,9 +823,11 @@ def add_products(index_dir: str | os.PathLike[str], catalog_df: "pd.DataFrame", 
     hashes = (None if retriever.text_hashes is None
               else np.concatenate([retriever.text_hashes, hashes_added]))
     encoded_with = retriever.encoder.describe().get("encoded_with", "torch-fp32")
+    lexical = (retriever.lexical.updated(add=list(zip(new_ids.tolist(), _product_texts(catalog_df, fields))))
+               if retriever.has_lexical else None)
     return _save_updated(retriever, index, ids, status,
                          {"op": "add", "added": int(len(new_ids)), "replaced": int(len(replace)), "removal": how,
-                          "encoded_with": encoded_with}, hashes)
+                          "encoded_with": encoded_with}, hashes, lexical)
 
 
 @writes_output("index_dir", "index", parent_must_exist=True)
@@ -579,8 +842,10 @@ def remove_products(index_dir: str | os.PathLike[str], product_ids: Sequence[str
         raise DataError(f"product_id: {len(missing)} id(s) not live in {index_dir} (e.g. {', '.join(missing[:3])})")
     slots = np.flatnonzero(np.isin(ids, wanted) & live)
     how = _remove_slots(retriever.index, status, slots)
+    lexical = retriever.lexical.updated(remove=wanted.tolist()) if retriever.has_lexical else None
     return _save_updated(retriever, retriever.index, ids, status,
-                         {"op": "remove", "removed": int(len(slots)), "removal": how}, retriever.text_hashes)
+                         {"op": "remove", "removed": int(len(slots)), "removal": how}, retriever.text_hashes,
+                         lexical)
 
 
 @writes_output("index_dir", "index", parent_must_exist=True)
@@ -603,4 +868,21 @@ def compact_index(index_dir: str | os.PathLike[str]) -> dict[str, Any]:
                               catalog_fingerprint=m.get("catalog_fingerprint"),
                               text_hashes=None if retriever.text_hashes is None else retriever.text_hashes[live_slots],
                               catalog={k: v for k, v in (m.get("inputs") or {}).items() if k in ("catalog", "catalog_sha256")},
-                              text_fields=m.get(TEXT_FIELDS_KEY), **(m.get("search_params") or {}))
+                              text_fields=m.get(TEXT_FIELDS_KEY),
+                              lexical=retriever.lexical if retriever.has_lexical else None,
+                              **(m.get("search_params") or {}))
+
+
+@writes_output("index_dir", "index", parent_must_exist=True)
+def record_fusion(index_dir: str | os.PathLike[str], record: dict[str, Any]) -> dict[str, Any]:
+    """Write a fitted hybrid fusion (:func:`retrieval.hybrid.fit_fusion`) into the index manifest.
+
+    Only ``manifest.json`` changes, and it is replaced atomically; the index files stay."""
+    index_dir = Path(index_dir)
+    recover_directory(index_dir)
+    manifest = read_manifest(index_dir, kind=INDEX_KIND)
+    if not isinstance(manifest.get(LEXICAL_KEY), dict):
+        raise ArtifactError(f"{index_dir}: this index has no lexical side to fuse; rebuild it with --lexical")
+    manifest[FUSION_KEY] = record
+    write_manifest(index_dir, manifest)
+    return manifest

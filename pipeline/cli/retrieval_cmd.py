@@ -41,8 +41,9 @@ def _show(manifest: dict[str, Any], json_out: bool, index: Path) -> None:
 def _index_summary(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     keys = ("index_type", "factory", "dim", "count", "live", "tombstoned", "removed", "build_seconds",
             "encode_seconds", "index_bytes", "query_latency_ms", "model_name", "model_id", "catalog_fingerprint",
-            "text_fields")
-    return [{"field": k, "value": manifest.get(k)} for k in keys if k in manifest]
+            "text_fields", "lexical", "hybrid_fusion")
+    shown = {**manifest, "lexical": (manifest.get("lexical") or {}).get("count")}  # products, not file hashes
+    return [{"field": k, "value": shown.get(k)} for k in keys if k in manifest]
 
 
 @app.command("train-retriever")
@@ -102,6 +103,8 @@ def build_index_cmd(
     precision: str = typer.Option("auto", "--precision", help="auto | fp32 | int8. auto: int8 on ONNX (~2.5x torch fp32, "
                                                                "same Recall@100 within 0.002), fp32 on torch."),
     text_fields: Optional[str] = text_fields_option("default: the ones the retriever was trained on"),
+    lexical: bool = typer.Option(True, "--lexical/--no-lexical", help="Also build the BM25 (bm25s) index over the "
+                                 "same product text, for --retrieval lexical|hybrid."),
 ) -> None:
     """Encode a catalog and write a FAISS index (atomically) with ids and a manifest.
     With --engine ray the encoding runs on Ray actors; the index is built on this machine."""
@@ -115,6 +118,7 @@ def build_index_cmd(
     params = {k: v for k, v in {"efSearch": ef_search, "nprobe": nprobe}.items() if v is not None}
     check_build_options(index_type, factory, params)
     params["text_fields"] = parse_fields(text_fields)
+    params["lexical"] = lexical
     catalog = catalog or DEFAULT_DATA_DIR / "catalog.parquet"
     frame = _load_catalog(catalog)
     encoder = load_encoder(_default_model(model), backend, precision)
@@ -174,6 +178,28 @@ def index_compact_cmd(
 
     manifest = compact_index(index)
     _show(manifest, json_out, index)
+
+
+@index_app.command("fit-hybrid")
+def index_fit_hybrid_cmd(
+    data: Path = typer.Option(DEFAULT_DATA_DIR, "--data", help="Dataset directory with queries (split column) and qrels."),
+    index: Path = typer.Option(DEFAULT_INDEX_DIR, "--index", help="Index directory (with a lexical side)."),
+    split: str = typer.Option("valid", "--split", help="Split the fusion is chosen on."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Choose the hybrid fusion (RRF or a convex weight) by Recall@100 on the valid split and
+    record it in the index manifest; prints every candidate's numbers."""
+    from pipeline.data import load_dataset
+    from pipeline.hybrid import fit_index_fusion
+
+    result = fit_index_fusion(index, load_dataset(data), split=split)
+    if json_out:
+        emit_json(result)
+        return
+    print_table([{"system": name, **values} for name, values in result["valid"].items()],
+                title=f"{split} ({result['queries']} queries)")
+    info(f"recorded in {index}: {result['method']}" + (f" (dense weight {result['weight']:g})"
+                                                         if result["method"] == "convex" else ""))
 
 
 @index_app.command("info")

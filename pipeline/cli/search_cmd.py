@@ -15,7 +15,8 @@ import typer
 
 from pipeline.cli._app import app, echo, emit_json, info, mapping_option, print_table
 from pipeline.config import (DEFAULT_CANDIDATES, DEFAULT_DATA_DIR, DEFAULT_INDEX_DIR, DEFAULT_PRECISION,
-                             DEFAULT_RERANKER_DIR, DEFAULT_RETRIEVER_DIR, DEFAULT_RUNS_DIR, DEFAULT_SEED)
+                             DEFAULT_RERANKER_DIR, DEFAULT_RETRIEVAL, DEFAULT_RETRIEVER_DIR, DEFAULT_RUNS_DIR,
+                             DEFAULT_SEED, EVAL_SYSTEMS)
 from pipeline.core.errors import ShoprankError
 
 _INDEX = typer.Option(DEFAULT_INDEX_DIR, "--index", help="Index directory (built by build-index or the demo).")
@@ -32,6 +33,12 @@ _PRECISION = typer.Option(DEFAULT_PRECISION, "--precision", help="auto | fp32 | 
                           "(~2x faster, nDCG@10 within 0.005), fp32 on torch.")
 _LOG_INPUT = typer.Option(..., "--input", help="Query log (Parquet, CSV or JSONL) with a 'query' column; "
                          "add 'product_id' to score given pairs.")
+_RETRIEVAL = typer.Option(DEFAULT_RETRIEVAL, "--retrieval", help="First stage: dense | lexical (BM25) | hybrid "
+                          "(both fused as fitted into the index; README \"Hybrid recall\").")
+_FILTER = typer.Option(None, "--filter", help="Keep only catalog products where COLUMN OP VALUE holds "
+                       "(=, !=, <, <=, >, >=, in), e.g. 'category=Sofas' 'price<=500'; repeatable (all must hold).")
+_ALLOW_CATALOG_CHANGE = typer.Option(False, "--allow-catalog-change", help="Search even though the catalog's "
+                                     "product text differs from the text indexed (rankings use the indexed text).")
 _RAY_ADDRESS = typer.Option(None, "--address", help="Ray cluster to join (e.g. ray://head:10001 or auto); "
                             "default: start a local Ray. --engine ray only.")
 
@@ -79,6 +86,9 @@ def search(
     weights: Optional[str] = typer.Option(None, "--weights", help="Fusion weights, e.g. click=0.1,add_to_cart=0.3,purchase=1."),
     backend: str = _BACKEND,
     precision: str = _PRECISION,
+    retrieval: str = _RETRIEVAL,
+    filters: Optional[list[str]] = _FILTER,
+    allow_catalog_change: bool = _ALLOW_CATALOG_CHANGE,
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Search the catalog: retrieve top candidates, rerank them, show the top k with click /
@@ -87,7 +97,8 @@ def search(
 
     result = run_search(_gather_queries(query, queries_file), k=k, candidates=candidates, index_dir=index_dir,
                         reranker=reranker or DEFAULT_RERANKER_DIR, reranker_required=reranker is not None,
-                        catalog=catalog, weights=_weights(weights), backend=backend, precision=precision)
+                        catalog=catalog, weights=_weights(weights), backend=backend, precision=precision,
+                        retrieval=retrieval, filters=filters, allow_catalog_change=allow_catalog_change)
     if json_out:
         emit_json(result)
         return
@@ -152,6 +163,7 @@ def score_logs(
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray scoring actors (default: one per CPU)."),
     backend: str = _BACKEND,
     precision: str = _PRECISION,
+    retrieval: str = _RETRIEVAL,
 ) -> None:
     """Score a query log offline into Parquet: streamed in batches, resumable, with the
     model ids in the file's metadata. Repeated queries are computed once. With --engine ray
@@ -161,7 +173,7 @@ def score_logs(
     report = run(input_path, output, engine=engine, index_dir=index_dir, reranker=reranker or DEFAULT_RERANKER_DIR,
                  reranker_required=reranker is not None, catalog=catalog, k=k, candidates=candidates,
                  batch_size=batch_size, resume=resume, show_progress=progress, backend=backend, precision=precision,
-                 address=address, workers=workers)
+                 address=address, workers=workers, retrieval=retrieval)
     _print_scoring_report(report, json_out)
 
 
@@ -208,14 +220,16 @@ def evaluate(
     engagement: Optional[Path] = typer.Option(None, "--engagement", help="Explicit engagement file."),
     index_dir: Path = _INDEX,
     reranker: Path = _RERANKER,
-    systems: str = typer.Option("bm25,dense-zero-shot,dense-fine-tuned,two-stage,oracle-rerank", "--systems",
-                                help="Comma-separated systems to evaluate."),
+    systems: str = typer.Option(",".join(EVAL_SYSTEMS), "--systems",
+                                help="Comma-separated systems to evaluate (lexical, hybrid and two-stage-hybrid "
+                                     "need an index with a lexical side)."),
     candidates: int = _CANDIDATES,
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Write TREC run files + qrels here."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Evaluate BM25, zero-shot dense, fine-tuned dense and two-stage (nDCG@10, MRR@10,
-    Recall@100), overall and on vocabulary-mismatch queries, plus per-task reranker AUCs."""
+    """Evaluate BM25, zero-shot dense, fine-tuned dense, two-stage, lexical, hybrid and two-stage
+    on hybrid (nDCG@10, MRR@10, Recall@100), overall, on vocabulary-mismatch and on brand/model
+    queries, plus per-task reranker AUCs."""
     from pipeline.evaluate import evaluate as run
 
     report = run(data, catalog=catalog, queries=queries, qrels=qrels, engagement=engagement, split=split,
@@ -230,7 +244,8 @@ def evaluate(
 def print_evaluation(report: dict[str, Any]) -> None:
     """The evaluation table (+ per-task table); shared with the demo command."""
     print_table(report["rows"], title=f"Evaluation on {report['split']} ({report['queries']} queries, "
-                                      f"{report['mismatch_queries']} vocabulary-mismatch)")
+                                      f"{report['mismatch_queries']} vocabulary-mismatch, "
+                                      f"{report.get('brand_model_queries', 0)} brand-model)")
     if report.get("headroom") is not None:
         echo(f"stage-2 headroom: oracle reranking of dense's top {report['candidates']} beats dense by "
              f"{report['headroom']:+.3f} nDCG@10")

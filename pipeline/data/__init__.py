@@ -11,7 +11,7 @@ The stages may import this package: it stands on :mod:`pipeline.core` only, neve
 ``retrieval/``, ``rerank/`` or the orchestration. The names below are its public surface.
 """
 from pipeline.data.contracts import (CATALOG_COLUMNS, ENGAGEMENT_COLUMNS, ENGAGEMENT_GRADES, QRELS_COLUMNS,
-                                     QUERY_COLUMNS, SPLITS, Dataset, engagement_qrels, product_text,
+                                     QUERY_COLUMNS, SPLITS, Dataset, brand_model_queries, engagement_qrels, product_text,
                                      product_text_fields, qrels_dict, vocabulary_mismatch_queries)
 from pipeline.data.io import FORMATS, find_data_file, load_position_log, read_table, write_parquet
 from pipeline.data.mapping import (LABEL_PRESETS, Mapping, SectionMapping, derive_product_id, load_mapping,
@@ -22,7 +22,7 @@ from pipeline.data.validate import (dataset_paths, dataset_stats, load_catalog, 
 
 __all__ = [
     "CATALOG_COLUMNS", "ENGAGEMENT_COLUMNS", "ENGAGEMENT_GRADES", "FORMATS", "LABEL_PRESETS", "QRELS_COLUMNS",
-    "QUERY_COLUMNS", "REQUIRED_SPLITS", "SPLITS", "SPLIT_SHARES", "Dataset", "Mapping", "SectionMapping",
+    "QUERY_COLUMNS", "REQUIRED_SPLITS", "SPLITS", "SPLIT_SHARES", "Dataset", "Mapping", "brand_model_queries", "SectionMapping",
     "dataset_paths", "dataset_stats", "derive_product_id", "derive_queries", "engagement_qrels", "find_data_file",
     "load_catalog", "load_dataset", "load_engagement", "load_mapping",
     "load_position_log", "load_qrels", "load_queries", "parse_mapping", "product_text", "product_text_fields",

@@ -88,6 +88,26 @@ def engagement_qrels(engagement: pd.DataFrame, queries: Iterable[str]) -> dict[s
     return qrels_dict(rows[["query", "product_id"]].assign(relevance=grades))
 
 
+def brand_model_queries(queries: pd.DataFrame, catalog: pd.DataFrame) -> set[str]:
+    """Query texts naming a catalog brand (all its words, in any position) or holding a model-like
+    token (letters and digits mixed, e.g. ``wh1000xm4``).
+
+    These are the queries where exact lexical matching should shine: a bi-encoder tends to
+    blur a rare brand or model number into its nearest common word.
+    """
+    import re
+
+    brands = {frozenset(content_words(b)) for b in catalog.get("brand", pd.Series(dtype=str)).dropna().astype(str)}
+    brands.discard(frozenset())
+    out: set[str] = set()
+    for q in dict.fromkeys(queries["query"].astype(str)):
+        words = content_words(q)
+        model_token = any(re.search(r"[a-z]", t) and re.search(r"[0-9]", t) for t in words)
+        if model_token or any(b <= words for b in brands):
+            out.add(q)
+    return out
+
+
 def vocabulary_mismatch_queries(queries: pd.DataFrame, qrels: pd.DataFrame, catalog: pd.DataFrame,
                                 min_relevance: int = 2) -> set[str]:
     """Query texts sharing no content word with ANY of their relevant products' text.

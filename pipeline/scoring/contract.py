@@ -22,9 +22,11 @@ from pipeline.core.errors import DataError
 
 #: Parquet metadata key of the provenance block.
 METADATA_KEY = b"shoprank"
-#: Input columns a query log may carry; anything else is not read. All three are text,
+#: Optional query-log column: that row's catalog filters, ``;``-separated (:mod:`pipeline.data.filters`).
+FILTER_COLUMN = "filter"
+#: Input columns a query log may carry; anything else is not read. All are text,
 #: decoded as UTF-8 (or refused) before scoring reads them (:func:`decode_text_columns`).
-INPUT_COLUMNS = ("query", "query_id", "product_id")
+INPUT_COLUMNS = ("query", "query_id", "product_id", FILTER_COLUMN)
 TableOrBatch = TypeVar("TableOrBatch", pa.Table, pa.RecordBatch)
 
 

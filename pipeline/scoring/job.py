@@ -74,7 +74,8 @@ def score_logs(input_path: str | os.PathLike[str], output_path: str | os.PathLik
                batch_size: int = 1024, resume: bool = False, cache_size: int = 50_000,
                show_progress: bool = True, backend: str = "auto", precision: str | None = None,
                address: str | None = None, workers: int | None = None, cpus_per_worker: float = 1.0,
-               retries: int | None = None, reranker_required: bool | None = None) -> dict[str, Any]:
+               retries: int | None = None, reranker_required: bool | None = None,
+               retrieval: str | None = None) -> dict[str, Any]:
     """Score a query log into a Parquet file; returns a report (rows, time, throughput, models).
 
     Mode is chosen by the input's columns: with ``product_id`` each (query, product) pair
@@ -92,11 +93,16 @@ def score_logs(input_path: str | os.PathLike[str], output_path: str | os.PathLik
 
     ``reranker_required``: whether ``reranker`` was named by the user and so must exist
     (None = any path but the default), as in :meth:`~pipeline.search.TwoStageSearcher.load`.
+    ``retrieval``: the first stage (dense | lexical | hybrid; default
+    :data:`pipeline.config.DEFAULT_RETRIEVAL`), local engine only. A ``filter`` column in the
+    log restricts each row's products (queries mode).
     The output is claimed for the whole run: a second job writing the same file is refused
     before it touches the first one's parts or temporaries.
     """
     _check_engine_options(engine, searcher=searcher, resume=resume, backend=backend, precision=precision,
                           address=address, workers=workers)
+    if engine == "ray" and retrieval not in (None, "dense"):
+        raise ShoprankError("--retrieval lexical|hybrid runs on --engine local only")
     if k < 1 or candidates < 1 or batch_size < 1:
         raise ShoprankError(f"k, candidates and batch size must be >= 1 (got {k}, {candidates}, {batch_size})")
     input_path, output = Path(input_path), Path(output_path)
@@ -112,7 +118,8 @@ def score_logs(input_path: str | os.PathLike[str], output_path: str | os.PathLik
                                     retries=retries)
         else:
             job, run = _prepare_local(common, searcher, index_dir, reranker, catalog, resume=resume,
-                                      backend=backend, precision=precision, reranker_required=reranker_required)
+                                      backend=backend, precision=precision, reranker_required=reranker_required,
+                                      retrieval=retrieval)
         started = time.perf_counter()
         result = run()
         return _report(job, result, time.perf_counter() - started)
@@ -126,7 +133,8 @@ def _job(common: dict[str, Any], mode: str, searcher: Scorer) -> ScoringJob:
 
 def _prepare_local(common: dict[str, Any], searcher: Scorer | None, index_dir: Any, reranker: Any, catalog: Any,
                    *, resume: bool, backend: str, precision: str | None,
-                   reranker_required: bool | None) -> tuple[ScoringJob, Callable[[], EngineResult]]:
+                   reranker_required: bool | None,
+                   retrieval: str | None = None) -> tuple[ScoringJob, Callable[[], EngineResult]]:
     """Open the log (any format) and load the searcher unless one was given."""
     from pipeline import config
     from pipeline.scoring.local import open_input, run_local
@@ -140,7 +148,8 @@ def _prepare_local(common: dict[str, Any], searcher: Scorer | None, index_dir: A
                                          config.DEFAULT_RERANKER_DIR if reranker is None else reranker,
                                          catalog=catalog, backend=backend,
                                          precision=precision or config.DEFAULT_PRECISION,
-                                         reranker_required=reranker_required)
+                                         reranker_required=reranker_required,
+                                         retrieval=retrieval or config.DEFAULT_RETRIEVAL)
     job = _job(common, mode, searcher)
     return job, functools.partial(run_local, job, source, searcher, resume)
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from pipeline.config import DEFAULT_CANDIDATES
 from pipeline.core.cache import LRUCache
-from pipeline.scoring.contract import output_schema
+from pipeline.scoring.contract import FILTER_COLUMN, output_schema
 
 
 class Scorer(Protocol):
@@ -28,7 +28,8 @@ class Scorer(Protocol):
     tasks: tuple[str, ...]
 
     def manifest_ids(self) -> dict[str, str]: ...
-    def search_many(self, queries: Sequence[str], k: int = 10, candidates: int = DEFAULT_CANDIDATES) -> list[list[Any]]: ...
+    def search_many(self, queries: Sequence[str], k: int = 10, candidates: int = DEFAULT_CANDIDATES,
+                    filters: Any = None) -> list[list[Any]]: ...
     def score_pairs(self, query: str, product_ids: Sequence[str]) -> list[Any]: ...
     def has_product(self, product_id: str) -> bool: ...
 
@@ -78,7 +79,9 @@ class BatchScorer:
         qids = column_values(table, "query_id")
         cols: dict[str, list[Any]] = collections.defaultdict(list)
         if self.mode == "queries":
-            self._score_queries(queries, qids, start_row, cols)
+            self._score_queries(queries, qids, start_row, cols,
+                                filters=column_values(table, FILTER_COLUMN) if FILTER_COLUMN in table.column_names
+                                else None)
         else:
             self._score_pairs(queries, qids, column_values(table, "product_id"), start_row, cols)
         schema = output_schema(self.tasks)
@@ -95,23 +98,37 @@ class BatchScorer:
             cols[f"p_{task}"].append(hit.probs.get(task))
         cols["score"].append(hit.score)
 
+    def _search(self, queries: list[str], filters: str | None) -> list[list[Any]]:
+        """The scorer's answers, with the row's filter only when there is one (so scorers
+        without filter support keep working on logs without a filter column)."""
+        if filters:
+            return self.scorer.search_many(queries, k=self.k, candidates=self.candidates, filters=filters)
+        return self.scorer.search_many(queries, k=self.k, candidates=self.candidates)
+
     def _score_queries(self, queries: list[str | None], qids: list[str | None], start: int,
-                       cols: dict[str, list[Any]]) -> None:
+                       cols: dict[str, list[Any]], filters: list[str | None] | None = None) -> None:
+        """Top-k per query; an optional ``filter`` column (e.g. ``category=Sofas; price<=500``,
+        see :mod:`pipeline.data.filters`) restricts each row's products. The cache key is the
+        query plus its filter, since both determine the answer."""
         cleaned = [clean_query(q) for q in queries]
-        todo = list(dict.fromkeys(q for q in cleaned if q is not None and self.cache.get(q) is None))
-        if todo:
-            for q, hits in zip(todo, self.scorer.search_many(todo, k=self.k, candidates=self.candidates)):
-                self.cache.put(q, hits)
-            self.computed += len(todo)
-        fresh = {q: self.cache.get(q) for q in todo}
-        for offset, (raw, clean, qid) in enumerate(zip(queries, cleaned, qids)):
+        filters = filters or [None] * len(queries)
+        keys = [None if q is None else (q if not f else f"{q}\x00{f}") for q, f in zip(cleaned, filters)]
+        todo = list(dict.fromkeys((key, q, f) for key, q, f in zip(keys, cleaned, filters)
+                                  if key is not None and self.cache.get(key) is None))
+        for f in dict.fromkeys(f for _, _, f in todo):
+            group = [(key, q) for key, q, g in todo if g == f]
+            for (key, _), hits in zip(group, self._search([q for _, q in group], f)):
+                self.cache.put(key, hits)
+        self.computed += len(todo)
+        fresh = {key: self.cache.get(key) for key, _, _ in todo}
+        for offset, (raw, clean, qid, key, f) in enumerate(zip(queries, cleaned, qids, keys, filters)):
             row = start + offset
-            if clean is None:
+            if clean is None or key is None:
                 self._skip("empty query", row)
                 continue
-            hits = fresh.get(clean) or self.cache.get(clean)
+            hits = fresh.get(key) or self.cache.get(key)
             if hits is None:  # evicted within this batch (cache smaller than the batch)
-                hits = self.scorer.search_many([clean], k=self.k, candidates=self.candidates)[0]
+                hits = self._search([clean], f)[0]
             for hit in hits:
                 self._emit(cols, row, qid, raw, hit)
 
