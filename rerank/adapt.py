@@ -26,7 +26,8 @@ from pipeline.core.artifacts import (atomic_directory, build_manifest, fingerpri
                                      writes_output)
 from pipeline.data import product_text
 from pipeline.core.errors import DataError
-from pipeline.core.runtime import DEFAULT_SEED, quiet_transformers, seed_everything, trainer_progress
+from pipeline.core.runtime import (DEFAULT_SEED, configure_training_threads, quiet_transformers, seed_everything,
+                                   trainer_progress)
 from rerank.model import bundled_encoder_path, encoder_checksum
 
 KIND = "domain-bert"
@@ -54,6 +55,7 @@ def adapt_lm(catalog: pd.DataFrame, out_dir: str | os.PathLike[str], *, base: st
         raise DataError("catalog: no product text to adapt the language model on")
     base_path = bundled_encoder_path() if base is None else Path(base)
     seed_everything(seed)
+    threads = configure_training_threads()
     with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(str(base_path))
         model = BertForMaskedLM.from_pretrained(str(base_path))
@@ -78,7 +80,7 @@ def adapt_lm(catalog: pd.DataFrame, out_dir: str | os.PathLike[str], *, base: st
         "first_loss": round(float(losses[0]), 4) if losses else None,
         "final_loss": round(float(losses[-1]), 4) if losses else None,
         "train_loss": round(float(result.training_loss), 4), "seconds": round(time.time() - started, 1),
-        "seed": seed,
+        "seed": seed, "threads": threads,
     }
     with atomic_directory(out_dir) as tmp_dir, quiet_transformers():
         model.save_pretrained(str(tmp_dir))

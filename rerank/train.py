@@ -35,7 +35,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from pipeline.core.artifacts import fingerprint_frame, scratch_directory, writes_output
 from pipeline.data import Dataset
 from pipeline.core.errors import DataError
-from pipeline.core.runtime import DEFAULT_SEED, seed_everything, trainer_progress
+from pipeline.core.runtime import DEFAULT_SEED, configure_training_threads, seed_everything, trainer_progress
 from pipeline.core.text import PRODUCT_TEXT_FIELDS
 from rerank import DEFAULT_MAX_LENGTH
 from rerank.batching import GroupBatchSampler
@@ -251,6 +251,7 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
         raise DataError("queries: no validation pairs (no split == 'valid' queries with engagement)")
 
     seed_everything(seed)
+    threads = configure_training_threads()
     torch.manual_seed(seed)
     model = MultiTaskCrossEncoder.from_encoder(encoder, tasks=tasks, architecture=architecture, heads=heads,
                                                n_experts=n_experts, max_length=max_length)
@@ -306,7 +307,7 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
         **({"propensities": [round(float(t), 4) for t in propensities]} if debias == "ipw" else {}),
         **({"pal_examination": [round(float(t), 4) for t in tower.curve()]} if tower is not None else {}),
         "loss_weights": {"rank": loss.rank_weight, "point": loss.point_weight, "prior": loss.prior_weight},
-        "seed": seed,
+        "seed": seed, "threads": threads,
         "max_length": max_length, "negatives": negatives, "max_shown_per_query": max_shown_per_query,
         "epochs": epochs, "best_epoch": keep_best.best_epoch,
         "train_queries": len(train_q), "valid_queries": len(valid_q), "train_examples": len(examples),

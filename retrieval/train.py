@@ -28,7 +28,7 @@ import numpy as np
 from pipeline.core.artifacts import (atomic_directory, build_manifest, fingerprint_frame, scratch_directory, sha256_file,
                                      write_manifest, writes_output)
 from pipeline.core.errors import DataError
-from pipeline.core.runtime import DEFAULT_SEED, seed_everything, trainer_progress
+from pipeline.core.runtime import DEFAULT_SEED, configure_training_threads, seed_everything, trainer_progress
 from pipeline.core.text import PRODUCT_TEXT_FIELDS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -148,6 +148,7 @@ def train_retriever(dataset: "Dataset", out_dir: str | os.PathLike[str], *, base
     if dataset.catalog is None or dataset.engagement is None or dataset.queries is None:
         raise DataError("train-retriever needs a catalog, engagement and queries (pass --data DIR or the three files)")
     seed_everything(seed)
+    threads = configure_training_threads()
     started = time.perf_counter()
     base = BiEncoder.load(base_model)
     base.model.max_seq_length = max_seq_length
@@ -219,7 +220,7 @@ def train_retriever(dataset: "Dataset", out_dir: str | os.PathLike[str], *, base
         )
         write_manifest(tmp, manifest)
     report: dict[str, Any] = {
-        "out": str(target), "model_id": manifest["weights_sha256"], "train_rows": len(rows["anchor"]),
+        "out": str(target), "threads": threads, "model_id": manifest["weights_sha256"], "train_rows": len(rows["anchor"]),
         "epochs": epochs, "valid_history": history, "best_epoch": manifest["best_epoch"],
         "zero_shot_valid": zero_shot_valid, "train_seconds": round(time.perf_counter() - started, 1),
     }

@@ -37,6 +37,57 @@ def configure_environment() -> None:
         os.environ.setdefault(key, value)
 
 
+#: Environment variable that fixes the number of threads the trainers use.
+THREADS_ENV = "SHOPRANK_THREADS"
+
+
+def available_cpus() -> int:
+    """CPUs this process can actually run on: its affinity mask, capped by a cgroup v2 CPU
+    quota. Why not ``os.cpu_count()``: in a container it reports the host's cores, and a
+    thread pool sized to them oversubscribes the few the container may use."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        count = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as handle:
+            quota, period = handle.read().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
+def training_threads() -> int:
+    """Intra-op threads for training: ``$SHOPRANK_THREADS`` when set, else :func:`available_cpus`.
+
+    Set deliberately rather than left to torch, so a small or shared machine runs one thread
+    per usable core; ``benchmarks/train_threads.py`` measures the choice next to one thread,
+    on a quiet and on a busy machine.
+    """
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if raw:
+        try:
+            value = int(raw)
+        except ValueError:
+            value = 0
+        if value < 1:
+            from pipeline.core.errors import DataError
+
+            raise DataError(f"{THREADS_ENV} must be a positive integer, got {raw!r}")
+        return value
+    return available_cpus()
+
+
+def configure_training_threads() -> int:
+    """Apply :func:`training_threads` to torch; return the count (recorded in reports)."""
+    torch = import_torch()
+    threads = training_threads()
+    torch.set_num_threads(threads)
+    return threads
+
+
 def import_torch() -> ModuleType:
     """Import torch (always before faiss; see module docstring)."""
     configure_environment()
