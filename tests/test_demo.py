@@ -26,7 +26,8 @@ def test_quick_demo_builds_everything_at_default_paths(demo_run):
 def test_quick_demo_evaluation_and_examples(demo_run):
     _, report = demo_run
     rows = {(r["system"], r["subset"]): r for r in report["evaluation"]["rows"]}
-    assert {s for s, _ in rows} == {"bm25", "dense-zero-shot", "dense-fine-tuned", "two-stage", "oracle-rerank"}
+    assert {s for s, _ in rows} == {"bm25", "dense-zero-shot", "dense-fine-tuned", "two-stage", "oracle-rerank",
+                                    "lexical", "hybrid", "two-stage-hybrid"}  # the index has a lexical side
     assert rows[("oracle-rerank", "all")]["nDCG@10"] >= rows[("dense-fine-tuned", "all")]["nDCG@10"]
     paired = {p["system"]: p for p in report["evaluation"]["paired"]}
     assert paired["two-stage"]["baseline"] == "dense-fine-tuned"

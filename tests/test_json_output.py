@@ -51,6 +51,7 @@ HEAVY: dict[str, tuple[str, ...]] = {
     "index remove": ("{first_product}", "--index", "{tmp}/index"),
     "index compact": ("--index", "{tmp}/index"),
     "index info": ("--index", "indexes/default"),
+    "index fit-hybrid": ("--data", "data/sample", "--index", "{tmp}/index"),
     "search": ("comfy couch",),
     "score-logs": ("--input", "data/sample/query_log.parquet", "--output", "{tmp}/scored.parquet"),
     "export-onnx": ("--retriever", "{tmp}/models/retriever", "--reranker", "{tmp}/models/reranker"),
