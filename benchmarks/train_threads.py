@@ -9,7 +9,9 @@ competing busy process, each configuration in a fresh subprocess.
 
     python benchmarks/train_threads.py [--out benchmarks/results/train_threads.json]
 
-Prints one JSON object: pairs per second of reranker training per (threads, load).
+Prints one JSON object: pairs per second of reranker training per (threads, load), under
+the OpenMP wait policy the project sets (``OMP_WAIT_POLICY``; override it in the environment
+to compare).
 """
 from __future__ import annotations
 
@@ -55,7 +57,9 @@ def main() -> None:
     if args.one_run is not None:
         print(json.dumps(_one_run(args.one_run)))
         return
-    from pipeline.core.runtime import available_cpus
+    from pipeline.core.runtime import available_cpus, configure_environment
+
+    configure_environment()  # the wait policy the trainers run with, passed on to each run
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,7 +77,8 @@ def main() -> None:
                     if hog is not None:
                         hog.kill()
                 sys.stderr.write(f"{rows[-1]}\n")
-    result = {"benchmark": "train_threads", "available_cpus": available_cpus(), "rows": rows}
+    result = {"benchmark": "train_threads", "available_cpus": available_cpus(),
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "rows": rows}
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

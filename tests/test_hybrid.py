@@ -169,6 +169,7 @@ def _cli(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
+@pytest.mark.slow  # runs on the session's quick demo
 def test_cli_search_retrieval_modes_and_filters(demo_run: tuple[Path, dict]) -> None:
     workdir, _ = demo_run
     catalog = pd.read_parquet(workdir / "data" / "sample" / "catalog.parquet")

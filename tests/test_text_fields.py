@@ -142,6 +142,7 @@ def test_unknown_field_is_a_one_line_cli_error(small_catalog: Path, tmp_path: Pa
     assert not (tmp_path / "idx").exists()
 
 
+@pytest.mark.slow  # encodes a catalog with the real model to build an index
 def test_pipeline_toml_text_fields_is_honoured(small_catalog: Path, tmp_path: Path) -> None:
     """A top-level ``text_fields`` sets every command's --text-fields; a command table wins."""
     (tmp_path / "pipeline.toml").write_text('text_fields = ["title", "material"]\n\n'

@@ -28,6 +28,11 @@ _OFFLINE_VARS = {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "KMP_DUPLICATE_LIB_OK": "TRUE",
+    # OpenMP threads that wait for work sleep instead of spinning. With spinning, a training
+    # process with one thread per core collapses when another job holds a core (its threads
+    # burn their time slices waiting for the descheduled one); sleeping costs a few percent
+    # on an idle machine (benchmarks/train_threads.py).
+    "OMP_WAIT_POLICY": "PASSIVE",
 }
 
 
