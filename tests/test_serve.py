@@ -97,16 +97,23 @@ def test_readyz_is_503_until_models_load_and_healthz_answers_meanwhile():
         assert client.get("/readyz").json()["models"]["index"] == "a"
 
 
+def start_blocked_request(client: TestClient, searcher: StubSearcher) -> tuple[threading.Thread, dict[str, Any]]:
+    """Send a search that blocks inside the stub searcher until its gate opens; return once it
+    is inside, with the thread and the dict its response lands in (key ``r``)."""
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.update(r=client.get("/search", params={"q": "sofa"})))
+    thread.start()
+    assert searcher.started.wait(10)
+    return thread, result
+
+
 def test_full_queue_answers_503_with_retry_after_and_keeps_serving():
     gate = threading.Event()
     busy = StubSearcher("a", gate)
     settings = ServeSettings(workers=1, max_queue=0)
     with TestClient(create_app(settings, stub_slot(busy))) as client:
         wait_until(lambda: client.get("/readyz").status_code == 200)
-        first: dict[str, Any] = {}
-        thread = threading.Thread(target=lambda: first.update(r=client.get("/search", params={"q": "sofa"})))
-        thread.start()
-        assert busy.started.wait(10)
+        thread, first = start_blocked_request(client, busy)
         refused = client.get("/search", params={"q": "lamp"})
         assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
         assert set(refused.json()) == {"error"}
@@ -145,10 +152,7 @@ def test_reload_swaps_atomically_and_in_flight_requests_finish_on_the_old_models
     settings = ServeSettings(admin_token="t0ken", workers=2)
     with TestClient(create_app(settings, stub_slot(old, new))) as client:
         wait_until(lambda: client.get("/readyz").status_code == 200)
-        in_flight: dict[str, Any] = {}
-        thread = threading.Thread(target=lambda: in_flight.update(r=client.get("/search", params={"q": "sofa"})))
-        thread.start()
-        assert old.started.wait(10)
+        thread, in_flight = start_blocked_request(client, old)
         reload = client.post("/admin/reload", headers={"Authorization": "Bearer t0ken"})
         assert reload.status_code == 200, reload.text
         assert reload.json()["previous"]["index"] == "old" and reload.json()["models"]["index"] == "new"
