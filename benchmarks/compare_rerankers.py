@@ -356,18 +356,19 @@ def _expected_report(spec: Mapping[str, Any], seed: int, epochs: int, max_length
                      max_shown: int | None, encoder: Any, train_queries: int, valid_queries: int) -> dict[str, Any]:
     """The training report fields a finished run of this (variant, seed) must carry to be reused."""
     from rerank import DEFAULT_MAX_LENGTH
-    from rerank.train import train_reranker
+    from rerank.losses import MultiTaskLoss
+    from rerank.train import BUNDLED_ENCODER, train_reranker
 
     defaults = {k: p.default for k, p in inspect.signature(train_reranker).parameters.items()}
     pick = lambda key: spec.get(key, defaults[key])  # noqa: E731
+    loss = MultiTaskLoss(pick("tasks"), objective=pick("objective"), rank_weight=pick("rank_weight"),
+                         point_weight=pick("point_weight"), prior_weight=pick("prior_weight"))
     return {"seed": seed, "epochs": epochs, "negatives": negatives, "max_shown_per_query": max_shown,
             "max_length": max_length or DEFAULT_MAX_LENGTH, "objective": pick("objective"),
             "debias": pick("debias"), "architecture": pick("architecture"), "heads": pick("heads"),
             "tasks": list(pick("tasks")), "label_mode": pick("label_mode"),
-            "encoder": str(encoder) if encoder else "bundled all-MiniLM-L6-v2",
-            "loss_weights": {"rank": 0.0 if pick("objective") == "pointwise" else float(pick("rank_weight")),
-                             "point": 0.0 if pick("objective") == "listwise" else float(pick("point_weight")),
-                             "prior": float(pick("prior_weight"))},
+            "encoder": str(encoder) if encoder else BUNDLED_ENCODER,
+            "loss_weights": {"rank": loss.rank_weight, "point": loss.point_weight, "prior": loss.prior_weight},
             "train_queries": train_queries, "valid_queries": valid_queries}
 
 

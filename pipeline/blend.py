@@ -75,7 +75,8 @@ def fit_fusion(dataset: Dataset, reranker: Any, retriever: Any, *,
 
 
 def examination_propensities(dataset: Dataset, positions: str | os.PathLike[str] | None = None) -> list[float]:
-    """Examination probability per position, fitted by EM on the impression log.
+    """Examination probability per position, fitted on the impression log (conditional
+    estimator on a per-position log, EM on mean positions; :mod:`rerank.propensity`).
 
     ``positions``: a per-position log (query, product_id, position, impressions, clicks), as
     the sample world writes in ``positions.parquet``; without one, the engagement's mean

@@ -145,7 +145,8 @@ def run_demo(workdir: str | os.PathLike[str] = ".", *, quick: bool = False, seed
     return {
         "workdir": str(root), "quick": quick, "budget": asdict(budget), "seed": seed, "paths": fit["paths"],
         "retriever": fit["retriever"], "reranker": fit["reranker"], "fusion": fit["fusion"],
-        "evaluation": fit["evaluation"], "evaluation_unseen": fit.get("evaluation_unseen"), "examples": examples, "example_summary": example_summary,
+        "evaluation": fit["evaluation"], "evaluation_unseen": fit.get("evaluation_unseen"),
+        "examples": examples, "example_summary": example_summary,
         "scored_log": scored, "timings": timings, "seconds": round(time.perf_counter() - started, 1),
         "try": try_query,
     }

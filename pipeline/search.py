@@ -214,8 +214,6 @@ class TwoStageSearcher:
             raise ArtifactError(f"{catalog.source} was read for product text fields {','.join(catalog.fields)}, "
                                 f"but the index uses {','.join(fields)}")
         self.catalog = catalog
-        #: The catalog file, when :meth:`load` read one (the HTTP service reads display columns from it).
-        self.catalog_path: Path | None = None
         self._row = {pid: i for i, pid in enumerate(self.catalog.ids)}
         self._titles = self.catalog.titles
         missing = [pid for pid in getattr(retriever, "catalog_ids", []) if pid not in self._row]
@@ -348,7 +346,6 @@ class TwoStageSearcher:
         searcher = cls(retriever, model, catalog_text, weights=weights, catalog_verified=catalog_verified,
                        retrieval=retrieval, allow_catalog_change=allow_catalog_change)
         searcher.backend, searcher.precision = backend, precision
-        searcher.catalog_path = cat_path
         return searcher
 
     # ---------------------------------------------------------------- properties

@@ -117,11 +117,9 @@ class MultiTaskLoss(nn.Module):
         self.log_vars = nn.Parameter(torch.zeros(len(self.tasks))) if uncertainty else None
 
     def task_loss(self, logp: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
-                  groups: torch.Tensor | None, prior: torch.Tensor | None = None) -> torch.Tensor:
-        """One task's combined loss (1-D inputs)."""
+                  groups: torch.Tensor | None) -> torch.Tensor:
+        """One task's engagement loss, pointwise and/or listwise (1-D inputs)."""
         loss = logp.sum() * 0.0
-        if self.prior_weight and prior is not None:
-            loss = loss + self._prior_term(logp, groups, prior)
         if self.point_weight:
             loss = loss + self.point_weight * weighted_bce(logp, labels, weights)
         if self.rank_weight:
@@ -147,7 +145,7 @@ class MultiTaskLoss(nn.Module):
         task's log-probability in the engagement terms only: the logs observed examined
         engagement, the prior term is about relevance."""
         observed = logp if log_examination is None else logp + log_examination[:, None]
-        per_task = torch.stack([self.task_loss(observed[:, t], labels[:, t], weights, groups, None)
+        per_task = torch.stack([self.task_loss(observed[:, t], labels[:, t], weights, groups)
                                 + (self._prior_term(logp[:, t], groups, prior) if self.prior_weight else 0.0)
                                 for t in range(len(self.tasks))])
         if self.log_vars is not None:

@@ -85,7 +85,7 @@ class PropensityEstimate:
 
 
 def _validate(log: pd.DataFrame) -> pd.DataFrame:
-    """Reject logs the EM would silently mis-fit; one-line messages name the problem."""
+    """Reject logs either estimator would silently mis-fit; one-line messages name the problem."""
     missing = [c for c in REQUIRED_COLUMNS if c not in log.columns]
     if missing:
         raise DataError(f"impression log: missing required column {missing[0]!r}")

@@ -174,6 +174,8 @@ def _require(dataset: Dataset) -> None:
 
 
 DEBIAS_MODES = ("none", "ipw", "pal")
+#: How a report names the starting encoder when none was given (the bundled MiniLM).
+BUNDLED_ENCODER = "bundled all-MiniLM-L6-v2"
 
 
 def _examination(propensities: Sequence[float]) -> Callable[[np.ndarray], np.ndarray]:
@@ -314,7 +316,7 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
         "train_skipped_rows": int(((examples["source"] == "shown") & (examples["clicks"] == 0)).sum()),
         "valid_pairs": len(valid_pairs), "steps": trainer.state.global_step,
         "train_seconds": round(train_seconds, 1), "validation": best, "history": history,
-        "encoder": str(encoder) if encoder else "bundled all-MiniLM-L6-v2",
+        "encoder": str(encoder) if encoder else BUNDLED_ENCODER,
     }
     if uncertainty:
         report["learned_log_vars"] = [round(float(v), 4) for v in loss.log_vars.detach()]

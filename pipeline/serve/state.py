@@ -13,11 +13,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import ShoprankError
-from pipeline.search import TwoStageSearcher
+from pipeline.search import CatalogText, TwoStageSearcher
 from pipeline.serve.settings import Artefacts, ServeSettings
 
 log = logging.getLogger("shoprank.serve")
@@ -49,21 +48,16 @@ class Loaded:
         return self.details.get(product_id, {})
 
 
-def read_details(path: Path | None) -> dict[str, dict[str, Any]]:
-    """Display columns by product id, from a Parquet catalog (other formats: none, since the
-    page only decorates results with them and a second full parse is not worth it)."""
-    if path is None or path.suffix != ".parquet" or not path.is_file():
+def display_details(catalog: CatalogText) -> dict[str, dict[str, Any]]:
+    """Display columns by product id, from the searcher's own catalog table (any format the
+    searcher read); missing values (None, NaN) are left out rather than sent as null."""
+    table = catalog.table()
+    wanted = [c for c in DISPLAY_COLUMNS if c in table.column_names]
+    if not wanted:
         return {}
-    import pyarrow.parquet as pq
-
-    names = set(pq.read_schema(path).names)
-    wanted = [c for c in DISPLAY_COLUMNS if c in names]
-    if "product_id" not in names or not wanted:
-        return {}
-    table = pq.ParquetFile(path).read(columns=["product_id", *wanted])
     columns = {c: table.column(c).to_pylist() for c in wanted}
-    return {str(pid): {c: columns[c][i] for c in wanted if columns[c][i] is not None}
-            for i, pid in enumerate(table.column("product_id").to_pylist())}
+    return {pid: {c: columns[c][i] for c in wanted if columns[c][i] is not None and columns[c][i] == columns[c][i]}
+            for i, pid in enumerate(catalog.ids)}
 
 
 def load_searcher(artefacts: Artefacts, settings: ServeSettings) -> Loaded:
@@ -72,7 +66,7 @@ def load_searcher(artefacts: Artefacts, settings: ServeSettings) -> Loaded:
     searcher = TwoStageSearcher.load(artefacts.index_dir, artefacts.reranker, catalog=artefacts.catalog,
                                      backend=settings.backend, precision=settings.precision,
                                      reranker_required=artefacts.reranker_required)
-    details = read_details(searcher.catalog_path)
+    details = display_details(searcher.catalog)
     return Loaded(searcher, artefacts, details, load_seconds=round(time.perf_counter() - started, 3))
 
 
@@ -93,7 +87,6 @@ class SearcherSlot:
         self._reloading = threading.Lock()
         self.ready = threading.Event()
         self.last_error: str | None = None
-        self.reloads = {"ok": 0, "failed": 0}
         #: Called when the first load fails: `pipeline serve` stops then (a service that can
         #: never answer should say so and exit), while a test or an embedding app may keep
         #: running and fix it with a reload.
@@ -132,13 +125,11 @@ class SearcherSlot:
             try:
                 loaded = self._loader(target, self.settings)
             except Exception as exc:  # noqa: BLE001  (any failure must leave the old searcher serving)
-                self.reloads["failed"] += 1
                 self.last_error = one_line(exc)
                 log.error("reload failed, still serving %s: %s", previous, self.last_error)
                 raise ReloadFailed(f"reload failed, still serving the previous models: {self.last_error}") from None
             self._current = loaded  # the swap: one reference assignment
             self.ready.set()
-            self.reloads["ok"] += 1
             self.last_error = None
             log.info("reloaded in %.1f s: %s", loaded.load_seconds, loaded.searcher.manifest_ids())
             return {"reloaded": True, "models": loaded.searcher.manifest_ids(), "previous": previous,
