@@ -332,7 +332,10 @@ def build_index(catalog_df: "pd.DataFrame", encoder: "BiEncoder", out_dir: str |
     if "product_id" not in catalog_df.columns:
         raise DataError("catalog: missing column 'product_id'")
     fields = index_text_fields(encoder, text_fields)
-    hashes = product_text_hashes(catalog_df, fields)  # refuses a missing column before encoding
+    from pipeline.data import product_text
+
+    texts = product_text(catalog_df, fields)  # refuses a missing column before encoding
+    hashes = text_hashes(texts)
     catalog: dict[str, Any] = {}
     stat: list[int] = []
     if catalog_path is not None:
@@ -346,7 +349,7 @@ def build_index(catalog_df: "pd.DataFrame", encoder: "BiEncoder", out_dir: str |
                                   index_type=index_type, factory=factory, model=encoder.describe(),
                                   catalog_fingerprint=fp, text_hashes=hashes,
                                   catalog=catalog, text_fields=fields,
-                                  lexical=_product_texts(catalog_df, fields) if lexical else None, **params)
+                                  lexical=texts if lexical else None, **params)
     if catalog_path is not None:
         remember_sha256(catalog_path, catalog["catalog_sha256"], stat)  # the first search need not re-hash it
     manifest["encode_seconds"] = round(encode_seconds, 3)
@@ -383,18 +386,11 @@ def index_text_fields(encoder: Any, requested: Sequence[str] | None) -> tuple[st
     return requested
 
 
-def _product_texts(catalog_df: "pd.DataFrame", fields: Sequence[str]) -> list[str]:
-    from pipeline.data import product_text
-
-    return product_text(catalog_df, fields)
-
-
-def product_text_hashes(catalog_df: "pd.DataFrame", fields: Sequence[str] = PRODUCT_TEXT_FIELDS) -> np.ndarray:
-    """:func:`pipeline.core.text.text_hash` of each product's text over ``fields`` (the text that is encoded)."""
+def text_hashes(texts: Sequence[str]) -> np.ndarray:
+    """:func:`pipeline.core.text.text_hash` of each product text (the text that is encoded)."""
     from pipeline.core.text import text_hash
-    from pipeline.data import product_text
 
-    return np.asarray([text_hash(t) for t in product_text(catalog_df, fields)], dtype=np.int64)
+    return np.asarray([text_hash(t) for t in texts], dtype=np.int64)
 
 
 def _read_index(index_dir: Path, manifest: dict[str, Any], mmap: bool, with_torch: bool = True) -> Any:
@@ -811,7 +807,10 @@ def add_products(index_dir: str | os.PathLike[str], catalog_df: "pd.DataFrame", 
         raise DataError("product_id: duplicate ids in the products to add")
     assert retriever.encoder is not None
     fields = retriever.text_fields  # added products read like the ones already indexed
-    hashes_added = product_text_hashes(catalog_df, fields)
+    from pipeline.data import product_text
+
+    texts = product_text(catalog_df, fields)
+    hashes_added = text_hashes(texts)
     vectors = retriever.encoder.encode_catalog(catalog_df, batch_size=batch_size, show_progress=show_progress,
                                                fields=fields)
     index, ids, status = retriever.index, retriever.ids.astype(str), retriever.status.copy()
@@ -823,7 +822,7 @@ def add_products(index_dir: str | os.PathLike[str], catalog_df: "pd.DataFrame", 
     hashes = (None if retriever.text_hashes is None
               else np.concatenate([retriever.text_hashes, hashes_added]))
     encoded_with = retriever.encoder.describe().get("encoded_with", "torch-fp32")
-    lexical = (retriever.lexical.updated(add=list(zip(new_ids.tolist(), _product_texts(catalog_df, fields))))
+    lexical = (retriever.lexical.updated(add=list(zip(new_ids.tolist(), texts)))
                if retriever.has_lexical else None)
     return _save_updated(retriever, index, ids, status,
                          {"op": "add", "added": int(len(new_ids)), "replaced": int(len(replace)), "removal": how,
