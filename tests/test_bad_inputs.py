@@ -247,6 +247,14 @@ SEARCH_DEMO = ("--index", "{world}/indexes/default", "--reranker", "{world}/mode
 CASES: list[Case] = [
     # --- data files: `validate` (no models) -----------------------------------------------
     Case("catalog file missing", ("validate", "--catalog", "{tmp}/nope.parquet"), message="file not found"),
+    Case("estimate-propensity unknown method", ("estimate-propensity", "--log", "{world}/positions.parquet",
+                                                 "--method", "bogus"),
+         message="propensity method must be 'conditional' or 'em'"),
+    Case("estimate-propensity conditional on mean positions", ("estimate-propensity", "--log",
+                                                               "{world}/engagement.parquet", "--method", "conditional"),
+         message="needs a per-position log"),
+    Case("index fit-hybrid without an index", ("index", "fit-hybrid", "--data", "{world}", "--index", "{tmp}/nope"),
+         message="index directory does not exist"),
     Case("catalog zero-byte csv", ("validate", "--catalog", "{file}"), _write("catalog.csv", b""), message="empty file"),
     Case("catalog zero-byte parquet", ("validate", "--catalog", "{file}"), _write("catalog.parquet", b""),
          message="unreadable or truncated Parquet"),
