@@ -13,7 +13,8 @@ and assembles ``benchmarks/results.json`` from all of them plus the machine it r
 * ``encoding_quality.py`` — int8 vs sentence-transformers fp32 catalog vectors, Recall@100 and
   nDCG@10 on 3,000 held-out queries with bootstrap intervals;
 * ``serve_load.py`` — `pipeline serve` under 1-16 concurrent clients (QPS, p50/p99, 503s) vs
-  sequential in-process search.
+  sequential in-process search; time to ready, a saturation soak (statuses, server RSS) and a
+  hot reload under load, with pass/fail ``checks``.
 
     python benchmarks/run_all.py [--workdir DIR] [--quick] [--only search_speed,index_recall] [--assemble]
 
@@ -71,7 +72,8 @@ def commands(workdir: Path, quick: bool) -> dict[str, list[str]]:
         index += ["--sizes", "10000"]
         memory += ["--rows", "5000"]
         quality += ["--queries", "300"]
-        serve += ["--seconds", "3", "--concurrency", "1,4,16"]
+        serve += ["--seconds", "3", "--concurrency", "1,4,16", "--saturation-seconds", "10", "--rss-warmup", "3",
+                  "--reload-seconds", "6"]
     return {"search_speed": speed, "index_recall": index, "score_logs_memory": memory, "encoding_quality": quality,
             "serve_load": serve}
 
