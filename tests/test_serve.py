@@ -329,3 +329,65 @@ def test_reload_of_a_corrupt_index_keeps_serving_then_a_good_one_swaps(demo_clie
     assert swapped.status_code == 200, swapped.text
     assert client.get("/readyz").json()["artefacts"]["index_dir"] == str(good)
     assert client.get("/search", params={"q": "sofa", "k": 3}).json()["hits"] == before["hits"]
+
+
+@pytest.mark.slow
+def test_reload_under_concurrent_searches_fails_nothing_and_switches_the_index_id(demo_run, tmp_path):
+    """Searches keep arriving from several threads while /admin/reload swaps in a rebuilt index
+    (`index compact` of a copy: same vectors, new manifest id). Its own app, so the module's
+    shared client keeps the original models."""
+    from retrieval.index import compact_index
+
+    root, _ = demo_run
+    rebuilt = tmp_path / "rebuilt"
+    shutil.copytree(root / "indexes/default", rebuilt)
+    compact_index(rebuilt)
+    new_id = json.loads((rebuilt / "manifest.json").read_text(encoding="utf-8"))["id"]
+    settings = ServeSettings(Artefacts(root / "indexes/default", root / "models/reranker",
+                                       root / "data/sample/catalog.parquet"), admin_token="t0ken")
+    queries = ["comfy couch", "red running shoes", "desk lamp", "kids rain boots"]
+    answers: list[dict[str, Any]] = []
+    stop = threading.Event()
+
+    def keep_searching(client: TestClient, offset: int) -> None:
+        i = offset
+        while not stop.is_set():
+            query, sent = queries[i % len(queries)], time.monotonic()
+            try:
+                response = client.get("/search", params={"q": query, "k": 5, "candidates": 20})
+                status, body = response.status_code, response.json()
+            except Exception as exc:  # noqa: BLE001  (any exception is a failed request, recorded)
+                status, body = -1, {"error": repr(exc)}
+            answers.append({"sent": sent, "answered": time.monotonic(), "status": status, "query": query,
+                            "index": body.get("models", {}).get("index"),
+                            "ids": [h["product_id"] for h in body.get("hits", [])], "error": body.get("error")})
+            i += 1
+
+    with TestClient(create_app(settings)) as client:
+        wait_until(lambda: client.get("/readyz").status_code == 200, timeout=120)
+        old_id = client.get("/readyz").json()["models"]["index"]
+        assert new_id != old_id
+        threads = [threading.Thread(target=keep_searching, args=(client, n), daemon=True) for n in range(4)]
+        try:
+            for thread in threads:
+                thread.start()
+            wait_until(lambda: len(answers) >= 8, timeout=60)
+            reload_sent = time.monotonic()
+            reload = client.post("/admin/reload", json={"index_dir": str(rebuilt)},
+                                 headers={"Authorization": "Bearer t0ken"})
+            reloaded = time.monotonic()
+            wait_until(lambda: sum(a["sent"] >= reloaded for a in answers) >= 8, timeout=60)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(30)
+    assert reload.status_code == 200, reload.text
+    assert reload.json()["previous"]["index"] == old_id and reload.json()["models"]["index"] == new_id
+    assert [a for a in answers if a["status"] != 200] == []
+    before = [a for a in answers if a["answered"] <= reload_sent]
+    after = [a for a in answers if a["sent"] >= reloaded]
+    assert before and after
+    assert {a["index"] for a in before} == {old_id} and {a["index"] for a in after} == {new_id}
+    assert {a["index"] for a in answers} <= {old_id, new_id}
+    old_hits = {a["query"]: a["ids"] for a in before}
+    assert all(a["ids"] == old_hits[a["query"]] for a in after if a["query"] in old_hits)  # same vectors
