@@ -564,9 +564,10 @@ def main(argv: list[str] | None = None) -> None:
             saturated = saturation_concurrency(report["levels"], args.saturation_growth)
             report["saturation"] = {"saturated_at": saturated, **saturation_phase(
                 server, queries, saturated * args.saturation_factor, args.saturation_seconds, args.rss_warmup, **knobs)}
+            report["metrics"] = scrape(server.port)  # before the reload, which starts a fresh query cache
             report["reload_under_load"] = reload_phase(server, token, new_index, new_id, queries,
                                                        saturated * args.saturation_factor, args.reload_seconds, **knobs)
-            report["metrics"] = scrape(server.port)
+            report["metrics_after_reload"] = scrape(server.port)
         finally:
             server.stop()
     report["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
