@@ -2,7 +2,8 @@
 
 Fast tests run the app on a stand-in searcher (bounded queue, readiness, hot reload with a
 request in flight, admin token, one-line errors); the `slow` ones run it on the quick demo's
-real artefacts and check it answers exactly as `pipeline search --json` does.
+real artefacts and check it answers exactly as `pipeline search --json` does, and that a reload
+under concurrent searches fails none of them.
 """
 from __future__ import annotations
 
