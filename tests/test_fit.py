@@ -17,7 +17,7 @@ from pipeline.core.artifacts import build_manifest, read_manifest, write_manifes
 from pipeline.core.errors import DataError
 from pipeline.data import SPLIT_SHARES, derive_queries, load_dataset, split_of
 from pipeline.fit_data import prepare_dataset, source_inputs
-from pipeline.fit_state import STATE_FILE, FitSteps
+from pipeline.fit_state import STATE_FILE, FitSteps, code_version
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,9 +98,10 @@ def _artefact(path: Path) -> dict:
     return {"built": True}
 
 
-def _pipeline(root: Path, data: str, calls: list[str], resume: bool = True) -> FitSteps:
+def _pipeline(root: Path, data: str, calls: list[str], resume: bool = True, code: str | None = None,
+              say=lambda _: None) -> FitSteps:
     """Two chained steps, the second fingerprinting the first's output id, as fit's steps do."""
-    steps = FitSteps(root, resume=resume, say=lambda _: None)
+    steps = FitSteps(root, resume=resume, say=say, code=code)
     steps.run("a", {"data": data}, root / "a", lambda: calls.append("a") or _artefact(root / "a"))
     steps.run("b", {"a": steps.output("a")}, root / "b", lambda: calls.append("b") or _artefact(root / "b"))
     return steps
@@ -118,6 +119,24 @@ def test_finished_steps_are_skipped_and_a_changed_one_redoes_what_follows(tmp_pa
     assert calls[4:] == ["b"]
     _pipeline(tmp_path, "v2", calls, resume=False)   # --no-resume redoes everything
     assert calls[5:] == ["a", "b"]
+
+
+def test_steps_done_by_another_shoprank_version_are_redone(tmp_path) -> None:
+    calls: list[str] = []
+    _pipeline(tmp_path, "v1", calls)
+    state = json.loads((tmp_path / STATE_FILE).read_text())
+    assert {record["shoprank"] for record in state["steps"].values()} == {code_version()}
+    said: list[str] = []
+    _pipeline(tmp_path, "v1", calls, code="99.0", say=said.append)   # an upgrade: same inputs, redone
+    assert calls == ["a", "b", "a", "b"]
+    assert said[0] == f"a: done by shoprank {code_version()}, now 99.0: redone"
+    _pipeline(tmp_path, "v1", calls, code="99.0")                    # and then trusted again
+    assert calls[4:] == []
+    state = json.loads((tmp_path / STATE_FILE).read_text())
+    del state["steps"]["a"]["shoprank"]                              # a state file from before versions
+    (tmp_path / STATE_FILE).write_text(json.dumps(state))
+    _pipeline(tmp_path, "v1", calls, code="99.0")
+    assert calls[4:] == ["a", "b"]
 
 
 def test_a_crashed_step_is_redone_and_a_broken_state_file_trusts_nothing(tmp_path) -> None:
