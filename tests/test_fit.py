@@ -16,6 +16,8 @@ import pytest
 from pipeline.core.artifacts import build_manifest, read_manifest, write_manifest
 from pipeline.core.errors import DataError
 from pipeline.data import SPLIT_SHARES, derive_queries, load_dataset, split_of
+from pipeline.core.locks import LockedError
+from pipeline.fit import run_fit
 from pipeline.fit_data import prepare_dataset, source_inputs
 from pipeline.fit_state import STATE_FILE, FitSteps, code_version
 
@@ -224,6 +226,17 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path) -> None:
         assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
         assert len(errors) == 1 and needle in errors[0], result.stderr
         assert not run.exists()
+
+
+def test_a_fit_into_a_run_directory_another_process_holds_is_refused_at_once(tmp_path, lock_holder) -> None:
+    data, mapping = _write_shop(tmp_path)
+    run = tmp_path / "run"
+    holder = lock_holder(run)               # what a running `pipeline fit --out run` holds
+    started = time.perf_counter()
+    with pytest.raises(LockedError) as err:
+        run_fit(out=run, catalog=data, qrels=data, mapping=mapping, budget="quick", say=lambda _: None)
+    assert f"fit run {run} is in use by process {holder.pid}" in str(err.value) and "\n" not in str(err.value)
+    assert time.perf_counter() - started < 5 and not run.exists()
 
 
 # --- end to end ----------------------------------------------------------------------------------
