@@ -233,7 +233,8 @@ def run_fit(data: str | os.PathLike[str] | None = None, out: str | os.PathLike[s
     files = dataset_paths(data, catalog=catalog, engagement=engagement, queries=queries, qrels=qrels)
     root = Path(out)
     paths = run_paths(root)
-    with claim_output(root, f"fit run {root}"):
+    # absolute: `--out .` names the current directory, whose lock goes beside it like any other's
+    with claim_output(root.absolute(), f"fit run {root}"):
         steps = FitSteps(root, resume=resume, say=say)
         data_summary = steps.run("prepare data", source_inputs(files, mapping, seed), paths["data"],
                                  lambda: prepare_dataset(files, mapping, paths["data"], seed=seed))
