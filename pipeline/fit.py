@@ -221,7 +221,10 @@ def run_fit(data: str | os.PathLike[str] | None = None, out: str | os.PathLike[s
 
     The data is validated before anything is written under ``out``. With ``resume`` (the
     default) a step whose inputs and output are unchanged since the last run is skipped.
+    The run directory is locked for the whole fit: two fits into one directory would train
+    over each other's models and records, so the second is refused in one line at once.
     """
+    from pipeline.core.artifacts import claim_output
     from pipeline.data import dataset_paths, load_dataset
     from pipeline.fit_data import prepare_dataset, source_inputs
 
@@ -230,11 +233,13 @@ def run_fit(data: str | os.PathLike[str] | None = None, out: str | os.PathLike[s
     files = dataset_paths(data, catalog=catalog, engagement=engagement, queries=queries, qrels=qrels)
     root = Path(out)
     paths = run_paths(root)
-    steps = FitSteps(root, resume=resume, say=say)
-    data_summary = steps.run("prepare data", source_inputs(files, mapping, seed), paths["data"],
-                             lambda: prepare_dataset(files, mapping, paths["data"], seed=seed))
-    dataset = load_dataset(paths["data"])
-    report, _ = fit_models(root, dataset, chosen, steps=steps, seed=seed, progress=progress)
+    # absolute: `--out .` names the current directory, whose lock goes beside it like any other's
+    with claim_output(root.absolute(), f"fit run {root}"):
+        steps = FitSteps(root, resume=resume, say=say)
+        data_summary = steps.run("prepare data", source_inputs(files, mapping, seed), paths["data"],
+                                 lambda: prepare_dataset(files, mapping, paths["data"], seed=seed))
+        dataset = load_dataset(paths["data"])
+        report, _ = fit_models(root, dataset, chosen, steps=steps, seed=seed, progress=progress)
     return {"out": str(root), "budget": budget if isinstance(budget, str) else "custom",
             "budget_fields": training_budget(chosen), "seed": seed, "data": data_summary, **report,
             "steps": steps.report, "seconds": round(time.perf_counter() - started, 1),

@@ -8,6 +8,10 @@ output is still the one it wrote (same manifest id, or same file checksum). Ever
 gets a fresh manifest id when it is rebuilt, and downstream steps fingerprint those ids, so
 redoing one step redoes everything built on it. A step that crashed has no record and is
 redone; its half-work never replaced the previous artefact (each step writes atomically).
+
+A record also names the shoprank version that wrote it, and a step recorded by another
+version is redone: the fingerprint describes what a step read, not the code that read it,
+and an upgrade may change what the same inputs produce (a model format, a default).
 """
 from __future__ import annotations
 
@@ -18,10 +22,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.artifacts import MANIFEST, atomic_write_json, sha256_file, sha256_text
+from pipeline.core.artifacts import MANIFEST, atomic_write_json, library_versions, sha256_file, sha256_text
 
 STATE_FILE = "fit.json"
 STATE_VERSION = 1
+
+
+def code_version() -> str:
+    """The installed shoprank version (``unknown`` when it is run from a tree that was never
+    installed), which a step's record must match to be reused."""
+    return library_versions().get("shoprank", "unknown")
 
 
 def fingerprint(inputs: Mapping[str, Any]) -> str:
@@ -46,13 +56,16 @@ class FitSteps:
     """Runs named steps in order, skipping those whose record in the state file still holds.
 
     ``resume=False`` redoes every step (the records are still written, so a later resumed
-    run can build on them). ``say`` receives progress lines.
+    run can build on them). ``say`` receives progress lines. ``code`` is the version the
+    records are written with and must match (:func:`code_version` unless given).
     """
 
-    def __init__(self, root: Path, *, resume: bool = True, say: Callable[[str], None] | None = None) -> None:
+    def __init__(self, root: Path, *, resume: bool = True, say: Callable[[str], None] | None = None,
+                 code: str | None = None) -> None:
         self.path = root / STATE_FILE
         self.resume = resume
         self.say = say or (lambda message: sys.stderr.write(message + "\n"))
+        self.code = code or code_version()
         self.records: dict[str, dict[str, Any]] = self._load() if resume else {}
         self.report: list[dict[str, Any]] = []
 
@@ -69,9 +82,14 @@ class FitSteps:
         return dict(steps) if isinstance(steps, dict) else {}
 
     def is_current(self, name: str, inputs: str, output: Path) -> bool:
-        """Whether ``name`` finished with these inputs and its output is still what it wrote."""
+        """Whether ``name`` finished with these inputs, by this shoprank version, and its output
+        is still what it wrote."""
         record = self.records.get(name)
         if not self.resume or not isinstance(record, dict) or record.get("inputs") != inputs:
+            return False
+        if record.get("shoprank") != self.code:
+            done_by = f"shoprank {record['shoprank']}" if record.get("shoprank") else "an unrecorded shoprank version"
+            self.say(f"{name}: done by {done_by}, now {self.code}: redone")
             return False
         found = output_id(output)
         return found is not None and found == record.get("output")
@@ -90,7 +108,8 @@ class FitSteps:
         summary = work()
         seconds = round(time.perf_counter() - started, 1)
         self.say(f"{name} done in {seconds:.1f} s")
-        self.records[name] = {"inputs": key, "output": output_id(output), "seconds": seconds, "summary": summary}
+        self.records[name] = {"inputs": key, "output": output_id(output), "shoprank": self.code,
+                              "seconds": seconds, "summary": summary}
         atomic_write_json(self.path, {"version": STATE_VERSION, "steps": self.records})
         self.report.append({"step": name, "status": "done", "seconds": seconds})
         return summary
@@ -105,4 +124,4 @@ class FitSteps:
         return {row["step"]: row["seconds"] for row in self.report}
 
 
-__all__ = ["STATE_FILE", "FitSteps", "fingerprint", "output_id"]
+__all__ = ["STATE_FILE", "FitSteps", "code_version", "fingerprint", "output_id"]

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from collections.abc import Callable, Iterator
+
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,3 +58,34 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     if proc.returncode != 0:
         pytest.fail(f"pipeline demo --quick failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return root, json.loads(proc.stdout)
+
+
+_HOLD = """
+import sys, time
+from pipeline.core.locks import exclusive_lock
+with exclusive_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.fixture
+def lock_holder() -> Iterator[Callable[[Path], subprocess.Popen]]:
+    """Start another process that holds the exclusive lock on a path (returns once it does),
+    as a concurrent job would; holders still alive at the end of the test are killed."""
+    started: list[subprocess.Popen] = []
+
+    def hold(target: Path) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(target)], stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        started.append(proc)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        return proc
+
+    yield hold
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

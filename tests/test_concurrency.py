@@ -22,15 +22,6 @@ from pipeline.core.artifacts import atomic_directory, claim_output, sweep_stale
 from pipeline.core.errors import ShoprankError
 from pipeline.core.locks import LockedError, exclusive_lock, lock_path
 
-_HOLD = """
-import sys, time
-from pipeline.core.locks import exclusive_lock
-with exclusive_lock(sys.argv[1]):
-    print("held", flush=True)
-    time.sleep(120)
-"""
-
-
 def _dead_pid() -> int:
     """The pid of a process that has exited (and been reaped)."""
     child = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -38,15 +29,9 @@ def _dead_pid() -> int:
     return child.pid
 
 
-def _holder(target: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(target)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
-    return proc
-
-
-def test_lock_refused_while_holder_lives_and_taken_over_when_it_dies(tmp_path):
+def test_lock_refused_while_holder_lives_and_taken_over_when_it_dies(tmp_path, lock_holder):
     target = tmp_path / "out.parquet"
-    holder = _holder(target)
+    holder = lock_holder(target)
     try:
         with pytest.raises(LockedError, match=f"in use by process {holder.pid}"):
             with exclusive_lock(target, "output"):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import tomllib
 
 import pandas as pd
 import pytest
@@ -32,6 +33,8 @@ labels = "wands"
 label = "relevance"
 """
 
+WANDS_MAPPING_DICT = tomllib.loads(WANDS_MAPPING)
+
 
 def test_wands_like_tsv_loads_through_mapping(tmp_path, capsys) -> None:
     (tmp_path / "catalog.tsv").write_text(WANDS_PRODUCTS)
@@ -48,6 +51,22 @@ def test_wands_like_tsv_loads_through_mapping(tmp_path, capsys) -> None:
     assert ds.report["qrels_unknown_products"] == 1
     assert "999" in capsys.readouterr().err
     assert ds.queries["split"].eq("test").all()
+
+
+def test_labels_keyed_by_query_id_need_the_queries_file(tmp_path) -> None:
+    from pipeline.world.simulate import engagement_from_labels
+
+    for name, text in (("catalog.tsv", WANDS_PRODUCTS), ("queries.tsv", WANDS_QUERIES), ("qrels.tsv", WANDS_LABELS)):
+        (tmp_path / name).write_text(text)
+    with pytest.raises(DataError) as err:       # no query text to train on: refused, naming the fix
+        load_dataset(catalog=tmp_path / "catalog.tsv", qrels=tmp_path / "qrels.tsv", mapping=WANDS_MAPPING_DICT)
+    assert "name queries by 'query_id' only" in str(err.value) and "--queries" in str(err.value)
+    assert "\n" not in str(err.value)
+    # simulate-engagement takes the queries file too, and its engagement is keyed by query text
+    stats = engagement_from_labels(tmp_path / "qrels.tsv", tmp_path / "catalog.tsv", tmp_path / "eng.parquet",
+                                   mapping=WANDS_MAPPING_DICT, queries=tmp_path / "queries.tsv")
+    assert stats["queries"] == 2
+    assert set(pd.read_parquet(tmp_path / "eng.parquet")["query"]) == {"living room chair", "grey couch"}
 
 
 def test_esci_like_labels_and_list_attributes(tmp_path) -> None:

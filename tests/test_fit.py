@@ -1,5 +1,6 @@
-"""`pipeline fit`: derived splits, resumable steps, the data step on public dataset shapes, and
-one end-to-end run on a judged-pairs CSV.gz without product ids (issue 19)."""
+"""`pipeline fit`: derived splits, resumable steps, the run lock, the data step on public dataset
+shapes, and a whole `pipeline fit --budget quick` subprocess on each shape (ESCI, WANDS, Home
+Depot, and a judged-pairs CSV.gz without product ids) (issue 19)."""
 from __future__ import annotations
 
 import gzip
@@ -16,8 +17,10 @@ import pytest
 from pipeline.core.artifacts import build_manifest, read_manifest, write_manifest
 from pipeline.core.errors import DataError
 from pipeline.data import SPLIT_SHARES, derive_queries, load_dataset, split_of
+from pipeline.core.locks import LockedError, lock_path
+from pipeline.fit import run_fit
 from pipeline.fit_data import prepare_dataset, source_inputs
-from pipeline.fit_state import STATE_FILE, FitSteps
+from pipeline.fit_state import STATE_FILE, FitSteps, code_version
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,26 +35,47 @@ TYPES = {  # product type -> (category, material, synonym a shopper types)
 }
 
 
+QUERIES = ([(c, t, f"{c} {t}") for t in TYPES for c in COLOURS[:4]]
+           + [(None, t, synonym) for t, (_, _, synonym) in TYPES.items()])   # (colour, type, text)
+
+
+def shop_titles(variants: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """(colour, type, title) of every product: each type in each colour, once per variant name."""
+    return [(c, t, f"{c.title()} {m} {t.title()} {n}".rstrip()) for t, (_, m, _) in TYPES.items()
+            for c in COLOURS for n in variants]
+
+
+def judgements(titles: list[tuple[str, str, str]]) -> list[tuple[int, int, int]]:
+    """(query index, title index, grade 0-3) of a judged pool: each query's own product type in
+    full plus every fourth other product. 3 = the type in the asked colour, 2 = another colour,
+    1 = another type of the same category, 0 = unrelated; every dataset shape renders these."""
+    pool = []
+    for qi, (q_colour, q_type, _) in enumerate(QUERIES):
+        for ti, (colour, ptype, _) in enumerate(titles):
+            if (ti + qi) % 4 and ptype != q_type:
+                continue
+            same_cat = TYPES[ptype][0] == TYPES[q_type][0]
+            grade = (3 if ptype == q_type and colour == (q_colour or colour) else 2 if ptype == q_type
+                     else 1 if same_cat else 0)
+            pool.append((qi, ti, grade))
+    return pool
+
+
 def judged_pairs_csv() -> str:
     """~150 distinct titles and ~40 queries; every title appears twice across the file with other
     case and spacing (one product each), and grades are 1 (irrelevant) to 4 (exact)."""
     rows = ["query,product_title,product_description,median_relevance"]
-    titles = [(c, t, f"{c.title()} {m} {t.title()} {n}") for t, (_, m, _) in TYPES.items()
-              for c in COLOURS for n in ("Classic", "Deluxe", "Compact", "Plus")][:150]
-    queries = [(c, t, f"{c} {t}") for t in TYPES for c in COLOURS[:4]] + [(None, t, s) for t, (_, _, s) in TYPES.items()]
-    for qi, (q_colour, q_type, query) in enumerate(queries):
-        for ti, (colour, ptype, title) in enumerate(titles):
-            if (ti + qi) % 4 and ptype != q_type:
-                continue                      # a judged pool: the type's products plus a sample of others
-            same_cat = TYPES[ptype][0] == TYPES[q_type][0]
-            grade = 4 if ptype == q_type and colour == (q_colour or colour) else 3 if ptype == q_type else 2 if same_cat else 1
-            shown = title.lower() if (ti + qi) % 2 else f" {title}  "
-            rows.append(f"{query},{shown},{TYPES[ptype][1]} {ptype} in {colour},{grade}")
+    titles = shop_titles(("Classic", "Deluxe", "Compact", "Plus"))[:150]
+    for qi, ti, grade in judgements(titles):
+        colour, ptype, title = titles[ti]
+        shown = title.lower() if (ti + qi) % 2 else f" {title}  "
+        rows.append(f"{QUERIES[qi][2]},{shown},{TYPES[ptype][1]} {ptype} in {colour},{grade + 1}")
     return "\n".join(rows) + "\n"
 
 
+EXAMPLES = REPO / "docs" / "examples"
 #: The documented recipe (docs/own-data.md), read from the file the docs point to.
-MAPPING = (Path(__file__).resolve().parents[1] / "docs" / "examples" / "judgments.toml").read_text(encoding="utf-8")
+MAPPING = (EXAMPLES / "judgments.toml").read_text(encoding="utf-8")
 
 
 def _write_shop(tmp_path: Path) -> tuple[Path, Path]:
@@ -62,10 +86,16 @@ def _write_shop(tmp_path: Path) -> tuple[Path, Path]:
     return data, mapping
 
 
+def _cli_command(*args: str | Path) -> list[str]:
+    return [sys.executable, "-m", "pipeline", *map(str, args)]
+
+
+#: The CLI subprocesses' environment: this checkout's code, no model hub.
+CLI_ENV = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
 def _cli(*args: str | Path, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=timeout)
+    return subprocess.run(_cli_command(*args), capture_output=True, text=True, cwd=cwd, env=CLI_ENV, timeout=timeout)
 
 
 # --- derived splits --------------------------------------------------------------------------------
@@ -98,9 +128,10 @@ def _artefact(path: Path) -> dict:
     return {"built": True}
 
 
-def _pipeline(root: Path, data: str, calls: list[str], resume: bool = True) -> FitSteps:
+def _pipeline(root: Path, data: str, calls: list[str], resume: bool = True, code: str | None = None,
+              say=lambda _: None) -> FitSteps:
     """Two chained steps, the second fingerprinting the first's output id, as fit's steps do."""
-    steps = FitSteps(root, resume=resume, say=lambda _: None)
+    steps = FitSteps(root, resume=resume, say=say, code=code)
     steps.run("a", {"data": data}, root / "a", lambda: calls.append("a") or _artefact(root / "a"))
     steps.run("b", {"a": steps.output("a")}, root / "b", lambda: calls.append("b") or _artefact(root / "b"))
     return steps
@@ -118,6 +149,24 @@ def test_finished_steps_are_skipped_and_a_changed_one_redoes_what_follows(tmp_pa
     assert calls[4:] == ["b"]
     _pipeline(tmp_path, "v2", calls, resume=False)   # --no-resume redoes everything
     assert calls[5:] == ["a", "b"]
+
+
+def test_steps_done_by_another_shoprank_version_are_redone(tmp_path) -> None:
+    calls: list[str] = []
+    _pipeline(tmp_path, "v1", calls)
+    state = json.loads((tmp_path / STATE_FILE).read_text())
+    assert {record["shoprank"] for record in state["steps"].values()} == {code_version()}
+    said: list[str] = []
+    _pipeline(tmp_path, "v1", calls, code="99.0", say=said.append)   # an upgrade: same inputs, redone
+    assert calls == ["a", "b", "a", "b"]
+    assert said[0] == f"a: done by shoprank {code_version()}, now 99.0: redone"
+    _pipeline(tmp_path, "v1", calls, code="99.0")                    # and then trusted again
+    assert calls[4:] == []
+    state = json.loads((tmp_path / STATE_FILE).read_text())
+    del state["steps"]["a"]["shoprank"]                              # a state file from before versions
+    (tmp_path / STATE_FILE).write_text(json.dumps(state))
+    _pipeline(tmp_path, "v1", calls, code="99.0")
+    assert calls[4:] == ["a", "b"]
 
 
 def test_a_crashed_step_is_redone_and_a_broken_state_file_trusts_nothing(tmp_path) -> None:
@@ -157,41 +206,75 @@ def test_judged_pairs_become_a_canonical_dataset(tmp_path) -> None:
     assert source_inputs({**files, "catalog": moved, "qrels": moved}, mapping, 13) == source_inputs(files, mapping, 13)
 
 
-def _public_shape(tmp_path: Path, shape: str) -> tuple[dict, str]:
-    """A few rows in the shape of a public dataset and its mapping (docs/own-data.md)."""
-    products = [(f"B{i:03d}", f"{c} {t} {i}", t) for i, (c, t) in
-                enumerate((c, t) for c in COLOURS for t in TYPES)]
-    queries = [f"{c} {t}" for c in COLOURS for t in TYPES]
-    if shape == "wands":
-        pd.DataFrame({"product_id": [p for p, _, _ in products], "product_name": [n for _, n, _ in products],
-                      "product_class": [t for _, _, t in products]}).to_csv(tmp_path / "product.csv", sep="\t", index=False)
-        pd.DataFrame({"query": [q for q in queries for _ in products[:6]],
-                      "product_id": [p for _ in queries for p, _, _ in products[:6]],
-                      "label": ["Exact", "Partial", "Irrelevant", "Partial", "Irrelevant", "Exact"] * len(queries)}
-                     ).to_csv(tmp_path / "label.csv", sep="\t", index=False)
-        mapping = ('[catalog]\nformat = "tsv"\n[catalog.columns]\nproduct_name = "title"\nproduct_class = "category"\n'
-                   '[qrels]\nformat = "tsv"\nlabels = "wands"\n[qrels.columns]\nlabel = "relevance"\n')
-        return {"catalog": tmp_path / "product.csv", "qrels": tmp_path / "label.csv"}, mapping
-    pd.DataFrame({"product_id": [p for p, _, _ in products], "product_title": [n for _, n, _ in products],
-                  "product_bullet_point": [f"{t}\nmachine washable" for _, _, t in products]}
-                 ).to_parquet(tmp_path / "products.parquet")
-    pd.DataFrame({"query": [q for q in queries for _ in products[:4]],
-                  "product_id": [p for _ in queries for p, _, _ in products[:4]],
-                  "esci_label": ["E", "S", "C", "I"] * len(queries)}).to_parquet(tmp_path / "examples.parquet")
-    mapping = ('[catalog]\nattributes = ["product_bullet_point"]\n[catalog.columns]\nproduct_title = "title"\n'
-               '[qrels]\nlabels = "esci"\n[qrels.columns]\nesci_label = "relevance"\n')
-    return {"catalog": tmp_path / "products.parquet", "qrels": tmp_path / "examples.parquet"}, mapping
+#: Public dataset shapes, each fitted through its documented mapping docs/examples/<shape>.toml.
+SHAPES = ("esci", "wands", "homedepot")
+#: The grades each shape's labels become: ESCI's four labels, WANDS' three, Home Depot's 1-3 means.
+SHAPE_GRADES = {"esci": [0, 1, 2, 3], "wands": [0, 1, 2], "homedepot": [0, 1, 2]}
+#: Home Depot relevance as raters' means, two spellings per judged grade; "1-3" rounds both
+#: onto one grade (3 and 2.67 -> 2, 2.33 and 2 -> 1, 1.67 -> 1, 1.33 and 1 -> 0).
+HOMEDEPOT_MEANS = {3: ("3", "2.67"), 2: ("2.33", "2"), 1: ("1.67", "2"), 0: ("1", "1.33")}
 
 
-@pytest.mark.parametrize("shape", ["wands", "esci"])
+def _public_shape(tmp_path: Path, shape: str) -> dict[str, Path]:
+    """Small hand-written files in the shape of a public dataset (docs/own-data.md): one product
+    per colour and type, the judged pool of :func:`judgements` in the dataset's own columns,
+    ids and labels. Returns the file of each part, as `pipeline fit` takes them."""
+    titles = shop_titles(("",))
+    pool = judgements(titles)
+    if shape == "esci":        # Parquet; ASINs; E/S/C/I; bullet points as one newline-separated string
+        asins = [f"B0{i:08d}" for i in range(len(titles))]
+        pd.DataFrame({"product_id": asins, "product_title": [t for _, _, t in titles],
+                      "product_description": [f"A {c} {t} for every day" for c, t, _ in titles],
+                      "product_bullet_point": [f"{TYPES[t][1]}\nmachine washable" for _, t, _ in titles],
+                      "product_brand": ["Solvik", "Orbis"] * (len(titles) // 2), "product_locale": "us",
+                      }).to_parquet(tmp_path / "products.parquet")
+        pd.DataFrame({"example_id": range(len(pool)), "query": [QUERIES[qi][2] for qi, _, _ in pool],
+                      "query_id": [qi for qi, _, _ in pool], "product_id": [asins[ti] for _, ti, _ in pool],
+                      "product_locale": "us", "esci_label": ["ICSE"[g] for _, _, g in pool], "split": "train",
+                      }).to_parquet(tmp_path / "examples.parquet")
+        return {"catalog": tmp_path / "products.parquet", "qrels": tmp_path / "examples.parquet"}
+    if shape == "wands":       # tab-separated .csv files; labels keyed by query_id; "k:v|k:v" features
+        tsv = {"sep": "\t", "index": False}
+        pd.DataFrame({"product_id": range(len(titles)), "product_name": [t.lower() for _, _, t in titles],
+                      "product_class": [t.title() + "s" for _, t, _ in titles],
+                      "category hierarchy": [f"{TYPES[t][0].title()} / {t.title()}s" for _, t, _ in titles],
+                      "product_description": [f"a {c} {t}" for c, t, _ in titles],
+                      "product_features": [f"color:{c}|material:{TYPES[t][1]}" for c, t, _ in titles],
+                      "rating_count": 3, "average_rating": 4.5, "review_count": 2,
+                      }).to_csv(tmp_path / "product.csv", **tsv)
+        pd.DataFrame({"query_id": range(len(QUERIES)), "query": [q for _, _, q in QUERIES],
+                      "query_class": [t.title() + "s" for _, t, _ in QUERIES]}).to_csv(tmp_path / "query.csv", **tsv)
+        pd.DataFrame({"id": range(len(pool)), "query_id": [qi for qi, _, _ in pool],
+                      "product_id": [ti for _, ti, _ in pool],
+                      "label": [("Irrelevant", "Partial", "Partial", "Exact")[g] for _, _, g in pool],
+                      }).to_csv(tmp_path / "label.csv", **tsv)
+        return {"catalog": tmp_path / "product.csv", "queries": tmp_path / "query.csv", "qrels": tmp_path / "label.csv"}
+    assert shape == "homedepot"  # one CSV, catalog and qrels; product_uid repeated per query; mean grades
+    rows = ["id,product_uid,product_title,search_term,relevance"]
+    rows += [f"{n + 1},{100001 + ti},\"{titles[ti][2]}\",{QUERIES[qi][2]},{HOMEDEPOT_MEANS[g][(qi + ti) % 2]}"
+             for n, (qi, ti, g) in enumerate(pool)]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    return {"catalog": tmp_path / "train.csv", "qrels": tmp_path / "train.csv"}
+
+
+def _check_public_shape(ds, shape: str) -> None:
+    """What loading a shape must give: every product once, every query by its text, the grades
+    its labels map to (:data:`SHAPE_GRADES`)."""
+    assert ds.catalog["product_id"].is_unique and len(ds.catalog) == len(COLOURS) * len(TYPES)
+    assert set(ds.qrels["query"]) == {q for _, _, q in QUERIES}      # WANDS: ids replaced by texts
+    assert sorted(ds.qrels["relevance"].unique()) == SHAPE_GRADES[shape]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
 def test_public_dataset_shapes_load_through_the_data_step(tmp_path, shape) -> None:
-    sources, mapping = _public_shape(tmp_path, shape)
-    toml = tmp_path / "map.toml"
-    toml.write_text(mapping)
-    files = {"catalog": sources["catalog"], "engagement": None, "queries": None, "qrels": sources["qrels"]}
-    summary = prepare_dataset(files, toml, tmp_path / "out", seed=13)
-    assert summary["products"] == len(COLOURS) * len(TYPES) and summary["engagement_rows"] > 0
+    sources = _public_shape(tmp_path, shape)
+    files = {"catalog": None, "engagement": None, "queries": None, "qrels": None, **sources}
+    summary = prepare_dataset(files, EXAMPLES / f"{shape}.toml", tmp_path / "out", seed=13)
+    _check_public_shape(load_dataset(tmp_path / "out"), shape)
+    assert summary["engagement_rows"] > 0
     assert summary["queries_train"] and summary["queries_valid"] and summary["queries_test"]
+    if shape == "homedepot":    # one catalog row per judgement, merged per product_uid
+        assert summary["catalog_rows_merged"] == len(judgements(shop_titles(("",)))) - len(COLOURS) * len(TYPES)
 
 
 def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path) -> None:
@@ -207,26 +290,76 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path) -> None:
         assert not run.exists()
 
 
+def test_a_fit_into_a_run_directory_another_process_holds_is_refused_at_once(tmp_path, lock_holder) -> None:
+    data, mapping = _write_shop(tmp_path)
+    run = tmp_path / "run"
+    holder = lock_holder(run)               # what a running `pipeline fit --out run` holds
+    started = time.perf_counter()
+    with pytest.raises(LockedError) as err:
+        run_fit(out=run, catalog=data, qrels=data, mapping=mapping, budget="quick", say=lambda _: None)
+    assert f"fit run {run} is in use by process {holder.pid}" in str(err.value) and "\n" not in str(err.value)
+    assert time.perf_counter() - started < 5 and not run.exists()
+
+
 # --- end to end ----------------------------------------------------------------------------------
+
+def _fit_args(sources: dict[str, Path], mapping: Path, run: Path) -> list[str | Path]:
+    return ["fit", *(arg for kind, path in sources.items() for arg in (f"--{kind}", path)), "--mapping", mapping,
+            "--budget", "quick", "--out", run, "--no-progress", "--json"]
+
+
+def _check_fitted_run(run: Path, report: dict) -> None:
+    """A whole fit: every step done, and the run directory holds a catalog, a retriever, an
+    index, a reranker (each with its ONNX export) and the evaluation table on test."""
+    assert [s["status"] for s in report["steps"]] == ["done"] * 7, report["steps"]
+    assert (run / "data/sample/catalog.parquet").is_file()
+    for rel in ("models/retriever", "indexes/default", "models/reranker", "models/retriever/onnx",
+                "models/reranker/onnx"):
+        assert read_manifest(run / rel)["id"], rel
+    table = json.loads((run / "runs/evaluation.json").read_text())
+    assert table == report["evaluation"] and table["split"] == "test"
+    assert {"bm25", "dense-fine-tuned", "two-stage"} <= {row["system"] for row in table["rows"]}
+    assert all(0.0 <= row["nDCG@10"] <= 1.0 for row in table["rows"] if row["subset"] == "all"), table["rows"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fit_each_public_dataset_shape_end_to_end(tmp_path, shape) -> None:
+    run = tmp_path / "run"
+    result = _cli(*_fit_args(_public_shape(tmp_path, shape), EXAMPLES / f"{shape}.toml", run), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _check_fitted_run(run, json.loads(result.stdout))
+    _check_public_shape(load_dataset(run / "data/sample"), shape)
+
 
 @pytest.mark.slow
 def test_fit_judged_pairs_to_a_working_search_then_resume_skips_everything(tmp_path) -> None:
     data, mapping = _write_shop(tmp_path)
     run = tmp_path / "run"
-    args = ("fit", "--catalog", data, "--qrels", data, "--mapping", mapping, "--budget", "quick",
-            "--out", run, "--no-progress", "--json")
-    result = _cli(*args, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout)
-    assert [s["status"] for s in report["steps"]] == ["done"] * 7
+    args = _fit_args({"catalog": data, "qrels": data}, mapping, run)
+    first = subprocess.Popen(_cli_command(*args), cwd=tmp_path, env=CLI_ENV, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    # a second fit into the same run while the first holds it (its pid is in the lock) is refused at once
+    deadline = time.monotonic() + 120
+    while first.poll() is None and time.monotonic() < deadline:
+        if lock_path(run).is_file() and lock_path(run).read_text().strip() == str(first.pid):
+            break
+        time.sleep(0.1)
+    started = time.perf_counter()
+    second = _cli(*args, cwd=tmp_path, timeout=120)
+    refused_in = time.perf_counter() - started
+    stdout, stderr = first.communicate(timeout=900)
+    assert first.returncode == 0, stderr[-3000:]
+    errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+    assert second.returncode != 0 and "Traceback" not in second.stderr, second.stderr[-2000:]
+    assert len(errors) == 1 and f"in use by process {first.pid}" in errors[0], second.stderr
+    assert refused_in < 30 and not second.stdout
+
+    report = json.loads(stdout)
+    _check_fitted_run(run, report)
     ds = load_dataset(run / "data/sample")
     assert ds.catalog["product_id"].is_unique and len(ds.catalog) == 150
     assert sorted(ds.qrels["relevance"].unique()) == [0, 1, 2, 3]
-    for rel in ("models/retriever", "models/reranker", "indexes/default", "models/retriever/onnx",
-                "models/reranker/onnx"):
-        assert read_manifest(run / rel)["id"], rel
-    systems = {row["system"] for row in report["evaluation"]["rows"]}
-    assert {"bm25", "dense-fine-tuned", "two-stage"} <= systems and report["evaluation"]["split"] == "test"
 
     found = _cli("search", "--index", run / "indexes/default", "--reranker", run / "models/reranker",
                  report["try"], "--json", cwd=tmp_path, timeout=300)

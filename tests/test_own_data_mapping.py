@@ -1,18 +1,23 @@
 """Your own judged-pairs file through the mapping alone: one gzip CSV of (query, title, grade)
-rows with no product ids and a 1-4 scale, read as both catalog and qrels (issue 19)."""
+rows with no product ids and a 1-4 scale, read as both catalog and qrels; Home Depot's rater
+means through its documented mapping; and the documented mappings are the example files the
+tests load (issue 19)."""
 from __future__ import annotations
 
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from pipeline.core.errors import DataError
-from pipeline.data import derive_product_id, load_catalog, load_dataset, load_mapping, load_qrels, qrels_dict
+from pipeline.data import (derive_product_id, load_catalog, load_dataset, load_mapping, load_qrels, parse_mapping,
+                           qrels_dict)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,8 +33,9 @@ JUDGMENTS = (
     "lamp,Oak Desk Lamp,Brass lamp,3\n"
     "lamp,Linen Curtain,,2\n"
 )
+EXAMPLES = REPO / "docs" / "examples"
 #: The documented recipe (docs/own-data.md), read from the file the docs point to.
-MAPPING = (Path(__file__).resolve().parents[1] / "docs" / "examples" / "judgments.toml").read_text(encoding="utf-8")
+MAPPING = (EXAMPLES / "judgments.toml").read_text(encoding="utf-8")
 #: Pinned: a derived id must not change between runs or releases, or saved indexes and
 #: models stop matching the catalog they were built from.
 SOFA_ID = "pe9a003058667def2"
@@ -81,9 +87,41 @@ def test_numeric_scales_offset_and_scale(tmp_path) -> None:
     rows = "query,product_id,grade\nsofa,P1,1\nsofa,P2,2.33\nsofa,P3,2.67\nsofa,P4,3\n"
     (tmp_path / "q.csv").write_text(rows)
     shifted = {"qrels": {"offset": -1, "columns": {"grade": "relevance"}}}
-    home_depot = {"qrels": {"offset": -1.5, "scale": 1.5, "columns": {"grade": "relevance"}}}
+    spread = {"qrels": {"offset": -1.5, "scale": 1.5, "columns": {"grade": "relevance"}}}
     assert load_qrels(tmp_path / "q.csv", shifted)["relevance"].tolist() == [0, 1, 2, 2]
-    assert load_qrels(tmp_path / "q.csv", home_depot)["relevance"].tolist() == [0, 2, 3, 3]
+    assert load_qrels(tmp_path / "q.csv", spread)["relevance"].tolist() == [0, 2, 3, 3]
+
+
+def test_home_depot_rater_means_round_onto_three_grades(tmp_path) -> None:
+    """docs/examples/homedepot.toml: relevance is a mean of 1-3 ratings; "1-3" shifts it to 0..2
+    and rounds halves up, and a product_uid judged under several queries is one product."""
+    means = ["1", "1.25", "1.33", "1.5", "1.67", "2", "2.33", "2.5", "2.67", "2.75", "3"]
+    rows = ["id,product_uid,product_title,search_term,relevance"]
+    rows += [f"{i},{100001 + i % 3},Title {i % 3},query {i},{mean}" for i, mean in enumerate(means)]
+    data = tmp_path / "train.csv"
+    data.write_text("\n".join(rows) + "\n")
+    ds = load_dataset(catalog=data, qrels=data, mapping=EXAMPLES / "homedepot.toml")
+    assert ds.qrels["relevance"].tolist() == [0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
+    assert ds.catalog["title"].tolist() == ["Title 0", "Title 1", "Title 2"]
+    assert ds.catalog["product_uid"].tolist() == ["100001", "100002", "100003"]
+    assert ds.catalog["product_id"].tolist() == [derive_product_id([uid]) for uid in ("100001", "100002", "100003")]
+    data.write_text("\n".join([*rows, "99,100001,Title 0,query 99,3.5"]) + "\n")
+    with pytest.raises(DataError, match="row 12: '3.5' is outside the labels range 1-3"):
+        load_dataset(catalog=data, qrels=data, mapping=EXAMPLES / "homedepot.toml")
+
+
+def _documented_mappings() -> dict[str, str]:
+    """The TOML blocks of docs/own-data.md that name their example file on their first line."""
+    text = (REPO / "docs" / "own-data.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```toml\n# (\S+\.toml)\n(.*?)```", text, flags=re.S)
+    return {name: body for name, body in blocks}
+
+
+def test_documented_mappings_are_the_example_files() -> None:
+    documented = _documented_mappings()
+    assert set(documented) == {p.name for p in EXAMPLES.glob("*.toml")}
+    for name, body in documented.items():
+        assert parse_mapping(tomllib.loads(body)) == load_mapping(EXAMPLES / name), name
 
 
 def test_a_one_to_four_file_without_the_preset_loads_but_warns(tmp_path, capsys) -> None:

@@ -52,12 +52,14 @@ def simulate_engagement(
     out: Path = typer.Option(..., "--out", help="Engagement Parquet file to write."),
     seed: int = typer.Option(DEFAULT_SEED, "--seed", help="Random seed."),
     mapping: Optional[Path] = _MAPPING,
+    queries: Optional[Path] = typer.Option(None, "--queries", help="Queries file giving the text of each "
+                                           "query_id, for labels keyed by query_id (WANDS)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Simulate engagement logs from relevance labels with the sample world's user model."""
     from pipeline.world.simulate import engagement_from_labels
 
-    stats = engagement_from_labels(qrels, catalog, out, seed=seed, mapping=mapping)
+    stats = engagement_from_labels(qrels, catalog, out, seed=seed, mapping=mapping, queries=queries)
     if json_out:
         emit_json(stats)
     else:

@@ -257,12 +257,16 @@ def load_qrels(source: str | Path | pd.DataFrame, mapping: Mapping | str | Path 
     ``esci`` E/S/C/I -> 3/2/1/0, ``wands`` Exact/Partial/Irrelevant -> 2/1/0); numeric
     ones on another scale by a range preset (``"1-4"``) or ``offset``/``scale``. A lowest
     grade other than 0 is warned about; a repeated (query, product) pair keeps its highest
-    grade. A qrels file keyed by ``query_id`` (WANDS) is resolved against ``queries``.
+    grade. A qrels file keyed by ``query_id`` (WANDS) is resolved against ``queries``, and
+    refused in one line without them (there would be no query text to train on).
     """
     section = load_mapping(mapping).qrels
     frame, path = _frame_in(source, section)
     report = report if report is not None else {}
-    if "query" not in frame.columns and "query_id" in frame.columns and queries is not None:
+    if "query" not in frame.columns and "query_id" in frame.columns and queries is None:
+        raise DataError(f"{path}: judgements name queries by 'query_id' only; give the queries file that "
+                        "holds each query_id's text (--queries)")
+    if "query" not in frame.columns and "query_id" in frame.columns:
         texts = dict(zip(queries["query_id"].astype(str), queries["query"]))
         qid = _as_str(frame, "query_id")
         missing = ~qid.isin(list(texts)).to_numpy()

@@ -224,19 +224,21 @@ def funnel_rates(engagement: pd.DataFrame) -> dict[str, float]:
 
 
 def engagement_from_labels(qrels: str | Path, catalog: str | Path, out: str | Path, *, seed: int = DEFAULT_SEED,
-                           mapping: str | Path | None = None) -> dict:
+                           mapping: str | Path | None = None, queries: str | Path | None = None) -> dict:
     """`pipeline simulate-engagement`: load a labelled dataset (through the schema mapping),
     simulate engagement with the same user model as the sample world, write Parquet.
 
     This is how a public relevance dataset without logs (ESCI, WANDS) can train the whole
-    pipeline. Returns statistics (rows, funnel rates, skipped unknown products).
+    pipeline. ``queries`` gives the query texts of labels keyed by ``query_id`` (WANDS'
+    label.csv). Returns statistics (rows, funnel rates, skipped unknown products).
     """
     from pipeline.core.artifacts import atomic_path
-    from pipeline.data import load_catalog, load_qrels, write_parquet
+    from pipeline.data import load_catalog, load_qrels, load_queries, write_parquet
 
     cat = load_catalog(catalog, mapping)
     report: dict = {}
-    judged = load_qrels(qrels, mapping, catalog_ids=set(cat["product_id"]), report=report)
+    texts = load_queries(queries, mapping) if queries is not None else None
+    judged = load_qrels(qrels, mapping, catalog_ids=set(cat["product_id"]), queries=texts, report=report)
     engagement = simulate_engagement(judged, cat, seed=seed)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
