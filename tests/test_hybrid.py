@@ -19,7 +19,7 @@ import pytest
 from pipeline.core.errors import ArtifactError, DataError
 from pipeline.data.filters import filter_mask, parse_filters
 from retrieval.encoder import BiEncoder
-from retrieval.hybrid import fit_fusion, fuse
+from retrieval.hybrid import RRF_K, fit_fusion, fuse, fusion_depth
 from retrieval.index import (
     EXACT_SELECTION_LIMIT, Retriever, add_products, build_from_vectors, build_index, compact_index, remove_products,
 )
@@ -48,6 +48,31 @@ def test_rrf_and_convex_fusion() -> None:
     assert fuse(dense, lexical, 4, "convex", 0.0)[0][0] == "c"
     with pytest.raises(DataError):
         fuse(dense, lexical, 3, "max")
+
+
+def test_product_missing_from_one_side_gets_that_sides_floor() -> None:
+    """RRF: a side that did not return a product ranks it just past the depth it was searched
+    to (fusion_depth), not at infinity; convex: at the list's minimum (0 after min-max)."""
+    depth = fusion_depth(100)  # fuse's k = 100 returns every product below
+    filler = [f"d{i}" for i in range(28)]
+    dense = (["solo", *filler, "both"], np.linspace(1, 0, 30))
+    lexical = ([f"l{i}" for i in range(29)] + ["both"], np.linspace(9, 1, 30))
+    fused = dict(zip(*fuse(dense, lexical, 100, "rrf")))
+    floor = 1 / (RRF_K + depth + 1)
+    assert np.isclose(fused["solo"], 1 / (RRF_K + 1) + floor)
+    assert np.isclose(fused["both"], 2 / (RRF_K + 30))
+    # the floor is what lets a side's first hit beat a product both sides rank only 30th
+    assert fused["solo"] > fused["both"] and fused["l0"] > fused["both"]
+    # a short lexical list (few products share a query term) keeps its lead: the floor sits at
+    # the depth searched, not right behind the list's one hit
+    dense = ([f"d{i}" for i in range(depth)], np.linspace(1, 0, depth))
+    fused = dict(zip(*fuse(dense, (["rare"], np.array([7.0])), 100, "rrf")))
+    assert np.isclose(fused["d0"], 1 / (RRF_K + 1) + floor) and np.isclose(fused["rare"], fused["d0"])
+    # convex: absent = the list's minimum; a one-product list scales to 1, above the floor
+    ids, scores = fuse((["a", "b"], np.array([0.9, 0.5])), (["b", "c"], np.array([10.0, 2.0])), 3, "convex", 0.5)
+    assert dict(zip(ids, scores)) == {"a": 0.5, "b": 0.5, "c": 0.0}
+    ids, scores = fuse((["a", "b", "c"], np.array([0.9, 0.5, 0.1])), (["b"], np.array([3.0])), 3, "convex", 0.5)
+    assert ids == ["b", "a", "c"] and np.allclose(scores, [0.75, 0.5, 0.0])
 
 
 def test_fit_fusion_picks_the_better_side() -> None:
