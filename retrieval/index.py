@@ -637,9 +637,10 @@ class Retriever:
 class Selection:
     """A subset of an index's live products (what a filter keeps), searchable by every mode.
 
-    Built once per filter by :meth:`Retriever.select` and reused across queries: the FAISS
-    selector and search parameters, the lexical weight mask and, for small selections of an
-    index without a flat store, the selected vectors are made on first use and kept.
+    Built once per filter by :meth:`Retriever.select` and reused across queries (also by
+    concurrent ones): the FAISS selector is made here, so no search can see it half made; the
+    search parameters, the lexical weight mask and, for small selections of an index without
+    a flat store, the selected vectors are made on first use and kept.
     :attr:`strategy` says how the last search was answered (``exact``, ``index`` or
     ``over-fetch``; see :meth:`search`).
     """
@@ -650,9 +651,12 @@ class Selection:
         self.slots = np.flatnonzero(slots_mask).astype(np.int64)
         self.strategy: str | None = None
         self._store = _flat_store(retriever.index)
+        faiss = _faiss()
+        # FAISS keeps a raw pointer to the bits: they live as long as the selection
+        self._bits = np.packbits(slots_mask.astype(np.uint8), bitorder="little")
+        self._selector = faiss.IDSelectorBitmap(len(slots_mask), faiss.swig_ptr(self._bits))
         self._vectors: np.ndarray | None = None
         self._lexical_mask: np.ndarray | None = None
-        self._selector: Any = None
         self._index_params: Any = None
 
     def __len__(self) -> int:
@@ -709,17 +713,8 @@ class Selection:
         """Exact top ``k`` over the selected slots of a flat store (FAISS computes the inner
         products of the selected vectors only)."""
         faiss = _faiss()
-        scores, slots = store.search(vecs, k, params=faiss.SearchParameters(sel=self._bitmap()))
+        scores, slots = store.search(vecs, k, params=faiss.SearchParameters(sel=self._selector))
         return self.retriever._rows(scores, slots, k, self.mask)
-
-    def _bitmap(self) -> Any:
-        """The FAISS selector over the selected slots, made once."""
-        if self._selector is None:
-            faiss = _faiss()
-            bits = np.packbits(self.mask.astype(np.uint8), bitorder="little")
-            # FAISS holds a raw pointer to the bits: keep their owner alive with the selector
-            self._selector = (bits, faiss.IDSelectorBitmap(len(self.mask), faiss.swig_ptr(bits)))
-        return self._selector[1]
 
     def _selected_vectors(self) -> np.ndarray | None:
         """The selection's stored vectors (None when the index cannot return them)."""
@@ -740,7 +735,7 @@ class Selection:
         if self._index_params is None:
             live = int((self.retriever.status == LIVE).sum())  # at least the selection's size
             widen = min(live / max(len(self.slots), 1), MAX_WIDENING)
-            params = _params_with_selector(_faiss(), self.retriever.index, self._bitmap(), widen)
+            params = _params_with_selector(_faiss(), self.retriever.index, self._selector, widen)
             self._index_params = "unsupported" if params is None else params
         return None if self._index_params == "unsupported" else self._index_params
 
