@@ -9,6 +9,9 @@ and assembles ``benchmarks/results.json`` from all of them plus the machine it r
 * ``search_speed.py`` — encoding, rerank, end-to-end warm and cold search, batch scoring,
   each next to its obvious baseline and its nDCG@10;
 * ``index_recall.py`` — FAISS flat / hnsw / ivfpq at 10k, 100k, 1M vectors vs IndexFlatIP;
+* ``filter_recall.py`` — ``category=…`` filters keeping 50% / 5% / 0.5% of 100k products on flat
+  and HNSW vs the same index unfiltered (Recall@10 against exact filtered search, latency), and
+  the cold load cost of the index's lexical (bm25s) side;
 * ``score_logs_memory.py`` — peak memory of score-logs on a 200k-row log;
 * ``encoding_quality.py`` — int8 vs sentence-transformers fp32 catalog vectors, Recall@100 and
   nDCG@10 on 3,000 held-out queries with bootstrap intervals;
@@ -64,18 +67,20 @@ def commands(workdir: Path, quick: bool) -> dict[str, list[str]]:
     speed = [py, str(HERE / "search_speed.py"), "--workdir", str(workdir)]
     # 1M ivfpq with 1,000 lists: the size-scaled preset (4,000) trains k-means on all 1M vectors
     index = [py, str(HERE / "index_recall.py"), "--ivfpq-nlist-1m", "1000"]
+    filters = [py, str(HERE / "filter_recall.py")]
     memory = [py, str(HERE / "score_logs_memory.py"), "--workdir", str(workdir)]
     quality = [py, str(HERE / "encoding_quality.py"), "--workdir", str(workdir)]
     serve = [py, str(HERE / "serve_load.py"), "--workdir", str(workdir)]
     if quick:
         speed += ["--products", "10000", "--queries", "20", "--log-rows", "60"]
         index += ["--sizes", "10000"]
+        filters += ["--products", "10000", "--queries", "50", "--load-runs", "2"]
         memory += ["--rows", "5000"]
         quality += ["--queries", "300"]
         serve += ["--seconds", "3", "--concurrency", "1,4,16", "--saturation-seconds", "10", "--rss-warmup", "3",
                   "--reload-seconds", "6"]
-    return {"search_speed": speed, "index_recall": index, "score_logs_memory": memory, "encoding_quality": quality,
-            "serve_load": serve}
+    return {"search_speed": speed, "index_recall": index, "filter_recall": filters, "score_logs_memory": memory,
+            "encoding_quality": quality, "serve_load": serve}
 
 
 def main() -> None:

@@ -4,9 +4,12 @@ Two fusions, both over each side's top :func:`fusion_depth` candidates:
 
 * ``rrf``: reciprocal rank fusion, ``sum 1 / (RRF_K + rank)``. Needs no fitting and ignores
   score scales, which differ by orders of magnitude between BM25 and cosine.
-* ``convex``: ``w * dense + (1 - w) * lexical`` on per-query min-max normalised scores (a
-  product absent from one list gets 0 there). ``w`` is fitted on the valid split
-  (:func:`fit_fusion`), because how much each side is worth depends on the shop's queries.
+* ``convex``: ``w * dense + (1 - w) * lexical`` on per-query min-max normalised scores.
+  ``w`` is fitted on the valid split (:func:`fit_fusion`), because how much each side is
+  worth depends on the shop's queries.
+
+A product that only one side returned gets a *floor* on the other side (:func:`side_scores`)
+rather than nothing: it was not found there, but it was not shown to score nothing either.
 
 Which one an index uses, and its weight, is recorded in the index manifest under
 :data:`FUSION_KEY`; an index without a record uses RRF.
@@ -56,24 +59,46 @@ def _minmax(scores: np.ndarray) -> np.ndarray:
     return np.ones_like(scores) if hi <= lo else (scores - lo) / (hi - lo)
 
 
+def side_scores(ids: Sequence[str], scores: np.ndarray, method: str, share: float,
+                depth: int) -> tuple[np.ndarray, float]:
+    """One side's fused contribution per listed product, and its *floor*: the contribution of
+    a product this side did not return.
+
+    * ``rrf``: the floor is the rank just past the depth the side was searched to
+      (``max(depth, len(ids)) + 1``). Why the depth and not the list's own length: a lexical
+      list is short when few products share a query term, and those few are the strongest
+      lexical evidence there is; a floor right behind them would cancel their lead.
+    * ``convex``: the floor is the list's minimum, which min-max scaling maps to 0: nothing
+      says an unreturned product scored lower than the last one returned. A list of equal
+      scores scales to 1, above the floor, since being returned is then its only evidence.
+
+    ``share``: the side's convex weight (unused by RRF).
+    """
+    if method == "rrf":
+        return 1.0 / (RRF_K + np.arange(1, len(ids) + 1)), 1.0 / (RRF_K + max(int(depth), len(ids)) + 1)
+    if method == "convex":
+        return share * _minmax(scores), 0.0
+    raise DataError(f"unknown fusion method {method!r}; use one of {', '.join(FUSION_METHODS)}")
+
+
 def fuse(dense: tuple[Sequence[str], np.ndarray], lexical: tuple[Sequence[str], np.ndarray], k: int,
          method: str = "rrf", weight: float = 0.5) -> tuple[list[str], np.ndarray]:
-    """Top ``k`` of two ranked (ids, scores) lists of one query under ``method``.
+    """Top ``k`` of two ranked (ids, scores) lists of one query under ``method``; each side was
+    searched to :func:`fusion_depth` of ``k``, and a product one side lacks gets that side's
+    floor (:func:`side_scores`).
 
     Ties are broken by the better of the two ranks, then by id, so the order is total and
     does not depend on dict iteration order.
     """
+    depth = fusion_depth(k)
+    parts = [(ids, *side_scores(ids, scores, method, share, depth))
+             for (ids, scores), share in ((dense, weight), (lexical, 1.0 - weight))]
+    floors = sum(floor for _, _, floor in parts)
     fused: dict[str, float] = {}
     best_rank: dict[str, int] = {}
-    if method == "rrf":
-        parts = [(ids, 1.0 / (RRF_K + np.arange(1, len(ids) + 1))) for ids, _ in (dense, lexical)]
-    elif method == "convex":
-        parts = [(dense[0], weight * _minmax(dense[1])), (lexical[0], (1.0 - weight) * _minmax(lexical[1]))]
-    else:
-        raise DataError(f"unknown fusion method {method!r}; use one of {', '.join(FUSION_METHODS)}")
-    for ids, contrib in parts:
+    for ids, contrib, floor in parts:
         for rank, (pid, value) in enumerate(zip(ids, contrib)):
-            fused[pid] = fused.get(pid, 0.0) + float(value)
+            fused[pid] = fused.get(pid, floors) + float(value) - floor
             best_rank[pid] = min(best_rank.get(pid, rank), rank)
     order = sorted(fused, key=lambda p: (-fused[p], best_rank[p], p))[: max(int(k), 0)]
     return order, np.asarray([fused[p] for p in order], dtype=np.float32)

@@ -19,11 +19,12 @@ Design choices (and why):
   the manifest's checksums and rewritten by every add/remove/compact, so ``dense``,
   ``lexical`` and ``hybrid`` search always see the same products. It is loaded on first
   use only: a dense search never reads it.
-* **Filters.** A :class:`Selection` (the products a filter keeps) is applied inside FAISS
-  with an ``IDSelector`` where the index supports one (flat, HNSW, IVF, refine); a selection
-  of at most :data:`EXACT_SELECTION_LIMIT` products is searched exactly instead, and any
-  other index type over-fetches until ``k`` matching products are found (see
-  :meth:`Retriever.search_vectors`).
+* **Filters.** A :class:`Selection` (the products a filter keeps) is searched exactly by
+  scanning just its vectors in the index's flat store (flat; HNSW's storage; the refine
+  step's vectors) while that reads at most :data:`EXACT_SCAN_BUDGET` vector components;
+  a larger selection goes through the index's own search with an ``IDSelector``, widened
+  for the filter's selectivity; index types with neither over-fetch until ``k`` matching
+  products are found (see :meth:`Retriever.search_vectors`).
 * **Integrity.** The manifest records the sha256 and byte size of ``index.faiss``, the
   dimension, the vector count and the model's weights checksum; :meth:`Retriever.load`
   refuses a corrupt file, a wrong dimension, or a query model other than the one recorded.
@@ -65,9 +66,19 @@ TEXT_HASHES_FILE = "text_hashes.npy"
 LIVE, REMOVED, TOMBSTONED = 0, 1, 2
 #: Manifest key of the lexical side: its files' sha256, product count and BM25 parameters.
 LEXICAL_KEY = "lexical"
-#: Selections this small are searched exactly over their own vectors: cheaper than a graph
-#: or inverted-list walk that must skip most of what it visits, and recall is then 1.
+#: Selections this small are searched exactly over a copy of their own vectors when the index
+#: keeps no flat store to scan: the copy lives as long as the selection, so its size is bounded.
 EXACT_SELECTION_LIMIT = 2048
+#: Filtered searches that read at most this many vector components (selected products x
+#: dimension) are answered by an exact scan of the selected vectors in the index's flat store.
+#: Why: the scan costs in proportion to what it reads, and up to here it is about as fast as
+#: a graph walk restricted to the selection, which misses true neighbours whenever few of the
+#: products it visits are selected (benchmarks/filter_recall.py measures both).
+EXACT_SCAN_BUDGET = 20_000_000
+#: A graph or inverted-list search restricted to a selection visits about ``share`` of the
+#: products it would visit unfiltered, so efSearch / nprobe are widened by ``1 / share``,
+#: but never by more than this factor.
+MAX_WIDENING = 16
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")
 
 
@@ -570,13 +581,17 @@ class Retriever:
                        where: "Selection | None" = None) -> tuple[list[list[str]], list[np.ndarray]]:
         """Search unit query vectors; tombstoned slots are over-fetched and filtered out.
 
-        With ``where``, only the selected products come back, found by the first that applies:
-        an exact search over the selection's own vectors (at most
-        :data:`EXACT_SELECTION_LIMIT` products, or any size when the index supports no
-        selector); FAISS's ``IDSelector`` inside the search (flat, HNSW, IVF, refine: the
-        index's own recall, restricted to the selection); otherwise over-fetching, doubling
-        until ``k`` selected products are found or the whole index was fetched — the
-        unfiltered ranking restricted to the selection, never fewer than ``k`` when ``k`` exist.
+        With ``where``, only the selected products come back, found by the first that applies
+        (:meth:`Selection.search`): an exact scan of the selected vectors in the index's flat
+        store (an exact index; or one that keeps such a store, while the scan reads at most
+        :data:`EXACT_SCAN_BUDGET` vector components); an exact search over a copy of the
+        selection's vectors (at most :data:`EXACT_SELECTION_LIMIT` products, or any size when
+        the index supports no selector); FAISS's ``IDSelector`` inside the index's own search
+        (HNSW, IVF, refine), with efSearch / nprobe widened by the filter's selectivity and any
+        query that comes back short of ``k`` re-answered by the exact scan; otherwise
+        over-fetching, doubling until ``k`` selected products are found or the whole index was
+        fetched — the unfiltered ranking restricted to the selection, never fewer than ``k``
+        when ``k`` exist.
         """
         vecs = _check_vectors(vecs, self.dim)
         if len(vecs) == 0 or k <= 0:
@@ -622,18 +637,27 @@ class Retriever:
 class Selection:
     """A subset of an index's live products (what a filter keeps), searchable by every mode.
 
-    Built once per filter by :meth:`Retriever.select` and reused across queries: the FAISS
-    selector, the lexical weight mask and, for small selections, the selected vectors are
-    made on first use and kept.
+    Built once per filter by :meth:`Retriever.select` and reused across queries (also by
+    concurrent ones): the FAISS selector is made here, so no search can see it half made; the
+    search parameters, the lexical weight mask and, for small selections of an index without
+    a flat store, the selected vectors are made on first use and kept.
+    :attr:`strategy` says how the last search was answered (``exact``, ``index`` or
+    ``over-fetch``; see :meth:`search`).
     """
 
     def __init__(self, retriever: Retriever, slots_mask: np.ndarray) -> None:
         self.retriever = retriever
         self.mask = slots_mask
         self.slots = np.flatnonzero(slots_mask).astype(np.int64)
+        self.strategy: str | None = None
+        self._store = _flat_store(retriever.index)
+        faiss = _faiss()
+        # FAISS keeps a raw pointer to the bits: they live as long as the selection
+        self._bits = np.packbits(slots_mask.astype(np.uint8), bitorder="little")
+        self._selector = faiss.IDSelectorBitmap(len(slots_mask), faiss.swig_ptr(self._bits))
         self._vectors: np.ndarray | None = None
         self._lexical_mask: np.ndarray | None = None
-        self._selector: Any = None
+        self._index_params: Any = None
 
     def __len__(self) -> int:
         return len(self.slots)
@@ -653,16 +677,30 @@ class Selection:
         if n == 0:
             return [[] for _ in range(len(vecs))], [np.zeros(0, np.float32) for _ in range(len(vecs))]
         k = min(k, n)
-        params = None if n <= EXACT_SELECTION_LIMIT else self._search_params()
-        if params is None and (n <= EXACT_SELECTION_LIMIT or self._selector == "unsupported"):
-            vectors = self._selected_vectors()
-            if vectors is not None:
-                scores = vecs @ vectors.T
-                top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-                return retriever._rows(np.take_along_axis(scores, top, 1), self.slots[top], k, None)
+        store = self._store
+        if store is not None and (store is retriever.index or n * retriever.dim <= EXACT_SCAN_BUDGET):
+            self.strategy = "exact"
+            return self._scan(store, vecs, k)
+        params = self._search_params() if store is not None or n > EXACT_SELECTION_LIMIT else None
         if params is not None:
+            self.strategy = "index"
             scores, slots = retriever.index.search(vecs, k, params=params)
-            return retriever._rows(scores, slots, k, self.mask)
+            found = retriever._rows(scores, slots, k, self.mask)
+            short = [i for i, ids in enumerate(found[0]) if len(ids) < k]
+            if short and store is not None:  # the walk ran out of selected products near the query
+                again = self._scan(store, vecs[short], k)
+                for j, i in enumerate(short):
+                    found[0][i], found[1][i] = again[0][j], again[1][j]
+            return found
+        self.strategy = "exact"
+        if store is not None:  # the index's own search takes no selector
+            return self._scan(store, vecs, k)
+        vectors = self._selected_vectors()  # a small selection, or an index that takes no selector
+        if vectors is not None:
+            scores = vecs @ vectors.T
+            top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+            return retriever._rows(np.take_along_axis(scores, top, 1), self.slots[top], k, None)
+        self.strategy = "over-fetch"
         fetch, total = min(max(4 * k, k + retriever._tombstoned), int(retriever.index.ntotal)), int(retriever.index.ntotal)
         while True:
             scores, slots = retriever.index.search(vecs, fetch)
@@ -670,6 +708,13 @@ class Selection:
             if fetch >= total or all(len(ids) >= k for ids in found[0]):
                 return found
             fetch = min(2 * fetch, total)
+
+    def _scan(self, store: Any, vecs: np.ndarray, k: int) -> tuple[list[list[str]], list[np.ndarray]]:
+        """Exact top ``k`` over the selected slots of a flat store (FAISS computes the inner
+        products of the selected vectors only)."""
+        faiss = _faiss()
+        scores, slots = store.search(vecs, k, params=faiss.SearchParameters(sel=self._selector))
+        return self.retriever._rows(scores, slots, k, self.mask)
 
     def _selected_vectors(self) -> np.ndarray | None:
         """The selection's stored vectors (None when the index cannot return them)."""
@@ -685,29 +730,49 @@ class Selection:
         return self._vectors
 
     def _search_params(self) -> Any:
-        """FAISS SearchParameters carrying an IDSelector over the selected slots, or None
-        (remembered as "unsupported") when the index type takes none."""
-        if self._selector == "unsupported":
-            return None
-        faiss = _faiss()
-        bits = np.packbits(self.mask.astype(np.uint8), bitorder="little")
-        selector = faiss.IDSelectorBitmap(len(self.mask), faiss.swig_ptr(bits))
-        params = _params_with_selector(faiss, self.retriever.index, selector)
-        if params is None:
-            self._selector = "unsupported"
-            return None
-        self._selector = (bits, selector, params)  # FAISS holds raw pointers: keep the owners alive
-        return params
+        """FAISS SearchParameters carrying the selector, widened for the selection's share of
+        the live products, or None (remembered as "unsupported") when the index type takes none."""
+        if self._index_params is None:
+            live = int((self.retriever.status == LIVE).sum())  # at least the selection's size
+            widen = min(live / max(len(self.slots), 1), MAX_WIDENING)
+            params = _params_with_selector(_faiss(), self.retriever.index, self._selector, widen)
+            self._index_params = "unsupported" if params is None else params
+        return None if self._index_params == "unsupported" else self._index_params
 
 
-def _params_with_selector(faiss: Any, index: Any, selector: Any) -> Any:
-    """SearchParameters of the right type for ``index`` (nested for IDMap/refine) with ``selector``."""
+def _is_flat(index: Any) -> bool:
+    return type(index).__name__ in ("IndexFlat", "IndexFlatIP", "IndexFlatL2")
+
+
+def _flat_store(index: Any) -> Any:
+    """The flat (exact) index holding ``index``'s vectors under their slots, or None.
+
+    An IDMap over a flat index is its own store; HNSW keeps its vectors in a flat
+    ``storage``, a refined index in its ``refine_index``; neither of those two ever deletes
+    (removals are tombstones), so their rows are the slots."""
+    faiss = _faiss()
     inner = faiss.downcast_index(index)
     name = type(inner).__name__
     if "IDMap" in name:
-        return _params_with_selector(faiss, inner.index, selector)
+        return index if _is_flat(faiss.downcast_index(inner.index)) else None
+    if _is_flat(inner):
+        return inner
+    part = getattr(inner, "storage", None) if "HNSW" in name else getattr(inner, "refine_index", None)
+    if part is None:
+        return None
+    part = faiss.downcast_index(part)
+    return part if _is_flat(part) else None
+
+
+def _params_with_selector(faiss: Any, index: Any, selector: Any, widen: float = 1.0) -> Any:
+    """SearchParameters of the right type for ``index`` (nested for IDMap/refine) with
+    ``selector``, efSearch / nprobe multiplied by ``widen`` (nprobe at most every list)."""
+    inner = faiss.downcast_index(index)
+    name = type(inner).__name__
+    if "IDMap" in name:
+        return _params_with_selector(faiss, inner.index, selector, widen)
     if "Refine" in name:
-        base = _params_with_selector(faiss, inner.base_index, selector)
+        base = _params_with_selector(faiss, inner.base_index, selector, widen)
         if base is None:
             return None
         params = faiss.IndexRefineSearchParameters(k_factor=float(inner.k_factor), base_index_params=base)
@@ -715,10 +780,11 @@ def _params_with_selector(faiss: Any, index: Any, selector: Any) -> Any:
         params._base = base  # keep the nested parameters alive as long as the outer ones
         return params
     if "HNSW" in name:
-        return faiss.SearchParametersHNSW(sel=selector, efSearch=int(inner.hnsw.efSearch))
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=math.ceil(int(inner.hnsw.efSearch) * widen))
     if "IVF" in name:
-        return faiss.SearchParametersIVF(sel=selector, nprobe=int(inner.nprobe))
-    if name in ("IndexFlat", "IndexFlatIP", "IndexFlatL2"):
+        return faiss.SearchParametersIVF(sel=selector,
+                                         nprobe=min(math.ceil(int(inner.nprobe) * widen), int(inner.nlist)))
+    if _is_flat(inner):
         return faiss.SearchParameters(sel=selector)
     return None
 

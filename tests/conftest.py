@@ -89,3 +89,22 @@ def lock_holder() -> Iterator[Callable[[Path], subprocess.Popen]]:
         proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def changed_catalog_index(tmp_path_factory: pytest.TempPathFactory, tiny_data_dir: Path) -> dict[str, Path]:
+    """A 40-product index (bundled MiniLM, lexical side included) bound to ``catalog``, and
+    ``changed``: that catalog with one indexed title rewritten, which searchers refuse unless
+    told the change is deliberate. Session-scoped and shared: treat it as read-only."""
+    import pandas as pd
+
+    from retrieval.encoder import BiEncoder
+    from retrieval.index import build_index
+
+    root = tmp_path_factory.mktemp("changed_catalog")
+    catalog = pd.read_parquet(tiny_data_dir / "catalog.parquet").head(40)
+    catalog.to_parquet(root / "catalog.parquet", index=False)
+    build_index(catalog, BiEncoder.load(), root / "index", show_progress=False, catalog_path=root / "catalog.parquet")
+    changed = catalog.assign(title=["Completely Different Hiking Boots", *catalog["title"].iloc[1:]])
+    changed.to_parquet(root / "changed.parquet", index=False)
+    return {"index_dir": root / "index", "catalog": root / "catalog.parquet", "changed": root / "changed.parquet"}

@@ -138,6 +138,25 @@ def test_pairs_mode_equals_local_engine_including_skips(local_ray, artefacts, de
     assert remote["first_skipped_row"] == local["first_skipped_row"]
 
 
+def test_retrieval_mode_and_catalog_change_reach_every_actor(local_ray, changed_catalog_index, tmp_path,
+                                                            monkeypatch):
+    """--retrieval hybrid and --allow-catalog-change are the searcher's load options, so the
+    Ray actors load with them too: the Ray engine then writes what the local engine writes
+    (no reranker here: retrieval order), and records the hybrid fusion among the models."""
+    monkeypatch.chdir(tmp_path)  # no models/reranker here
+    catalog = pd.read_parquet(changed_catalog_index["changed"])
+    queries = [" ".join(title.lower().split()[:2]) for title in catalog["title"].tolist()[:8]] * 2
+    log = tmp_path / "log.parquet"
+    pd.DataFrame({"query": queries}).to_parquet(log)
+    options = dict(index_dir=changed_catalog_index["index_dir"], catalog=changed_catalog_index["changed"],
+                   retrieval="hybrid", allow_catalog_change=True, k=K, batch_size=4, show_progress=False)
+    local = score_logs(log, tmp_path / "local.parquet", **options)
+    remote = score_logs_ray(log, tmp_path / "ray.parquet", workers=2, **options)
+    assert remote["models"] == local["models"] and local["models"]["retrieval"].startswith("hybrid-")
+    assert remote["rows_out"] == local["rows_out"] == len(queries) * K
+    _same_rows(tmp_path / "local.parquet", tmp_path / "ray.parquet")
+
+
 def test_build_index_ray_gives_the_local_index(local_ray, tiny_data_dir, tmp_path):
     from retrieval.encoder import BiEncoder
     from retrieval.index import Retriever, build_index

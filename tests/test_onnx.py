@@ -131,10 +131,12 @@ def test_onnx_searcher_ranks_like_torch(exported: Path) -> None:
 
 
 def test_cold_cli_search_does_not_import_torch(exported: Path) -> None:
-    """The whole point of the export: `pipeline search` runs on onnxruntime + tokenizers + faiss."""
+    """The whole point of the export: `pipeline search` runs on onnxruntime + tokenizers + faiss;
+    and a dense search leaves the index's lexical side (bm25s) unread."""
     code = ("import sys\nfrom pipeline.cli import main\nsys.argv = ['pipeline', 'search', 'comfy couch', '--json']\n"
             "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
-            "heavy = sorted(m for m in ('torch', 'transformers', 'sentence_transformers', 'pandas') if m in sys.modules)\n"
+            "heavy = sorted(m for m in ('torch', 'transformers', 'sentence_transformers', 'pandas', 'bm25s')\n"
+            "               if m in sys.modules)\n"
             "print('HEAVY', heavy, file=sys.stderr)\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=exported, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "COLUMNS": "200"})

@@ -195,3 +195,27 @@ def test_engine_options_it_cannot_honour_are_refused_before_any_work(tmp_path, e
         score_logs(tmp_path / "absent.parquet", tmp_path / "out.parquet", engine=engine, show_progress=False,
                    **options)
     assert "\n" not in str(info.value) and not list(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------- a real index
+def test_score_logs_refuses_a_changed_catalog_unless_allowed(tmp_path, changed_catalog_index, monkeypatch):
+    """Like search, score-logs refuses a catalog whose product text changed since indexing and
+    takes --allow-catalog-change to score with it anyway (here with hybrid retrieval)."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+    from pipeline.core.errors import ArtifactError
+
+    monkeypatch.chdir(tmp_path)  # no models/reranker here: retrieval order (with a note)
+    log = _log(tmp_path, n=6, unique=3)
+    args = ["score-logs", "--input", str(log), "--index", str(changed_catalog_index["index_dir"]),
+            "--catalog", str(changed_catalog_index["changed"]), "--k", "3", "--no-progress", "--json"]
+    refused = CliRunner().invoke(app, [*args, "--output", "refused.parquet"])
+    assert isinstance(refused.exception, ArtifactError), refused.output
+    assert "does not match index" in str(refused.exception) and "--allow-catalog-change" in str(refused.exception)
+    assert not (tmp_path / "refused.parquet").exists()
+    allowed = CliRunner().invoke(app, [*args, "--output", "allowed.parquet", "--allow-catalog-change",
+                                       "--retrieval", "hybrid"])
+    assert allowed.exit_code == 0, allowed.output
+    assert json.loads(allowed.stdout)["models"]["retrieval"].startswith("hybrid-")
+    assert pq.read_table(tmp_path / "allowed.parquet").num_rows == 6 * 3

@@ -164,6 +164,7 @@ def score_logs(
     backend: str = _BACKEND,
     precision: str = _PRECISION,
     retrieval: str = _RETRIEVAL,
+    allow_catalog_change: bool = _ALLOW_CATALOG_CHANGE,
 ) -> None:
     """Score a query log offline into Parquet: streamed in batches, resumable, with the
     model ids in the file's metadata. Repeated queries are computed once. With --engine ray
@@ -173,7 +174,7 @@ def score_logs(
     report = run(input_path, output, engine=engine, index_dir=index_dir, reranker=reranker or DEFAULT_RERANKER_DIR,
                  reranker_required=reranker is not None, catalog=catalog, k=k, candidates=candidates,
                  batch_size=batch_size, resume=resume, show_progress=progress, backend=backend, precision=precision,
-                 address=address, workers=workers, retrieval=retrieval)
+                 address=address, workers=workers, retrieval=retrieval, allow_catalog_change=allow_catalog_change)
     _print_scoring_report(report, json_out)
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import DEFAULT_CANDIDATES
+from pipeline.config import DEFAULT_CANDIDATES, DEFAULT_RETRIEVAL
 from pipeline.core.artifacts import claim_output, temp_sibling
 from pipeline.core.errors import ShoprankError
 from pipeline.core.tasks import TASKS
@@ -75,7 +75,7 @@ def score_logs(input_path: str | os.PathLike[str], output_path: str | os.PathLik
                show_progress: bool = True, backend: str = "auto", precision: str | None = None,
                address: str | None = None, workers: int | None = None, cpus_per_worker: float = 1.0,
                retries: int | None = None, reranker_required: bool | None = None,
-               retrieval: str | None = None) -> dict[str, Any]:
+               retrieval: str | None = None, allow_catalog_change: bool = False) -> dict[str, Any]:
     """Score a query log into a Parquet file; returns a report (rows, time, throughput, models).
 
     Mode is chosen by the input's columns: with ``product_id`` each (query, product) pair
@@ -94,15 +94,20 @@ def score_logs(input_path: str | os.PathLike[str], output_path: str | os.PathLik
     ``reranker_required``: whether ``reranker`` was named by the user and so must exist
     (None = any path but the default), as in :meth:`~pipeline.search.TwoStageSearcher.load`.
     ``retrieval``: the first stage (dense | lexical | hybrid; default
-    :data:`pipeline.config.DEFAULT_RETRIEVAL`), local engine only. A ``filter`` column in the
-    log restricts each row's products (queries mode).
+    :data:`pipeline.config.DEFAULT_RETRIEVAL`). ``allow_catalog_change``: score with a catalog
+    whose product text differs from the text indexed, as
+    :meth:`~pipeline.search.TwoStageSearcher.load` allows it. Both are for loading the models,
+    so they do not apply to a given ``searcher``. A ``filter`` column in the log restricts each
+    row's products (queries mode).
     The output is claimed for the whole run: a second job writing the same file is refused
     before it touches the first one's parts or temporaries.
     """
     _check_engine_options(engine, searcher=searcher, resume=resume, backend=backend, precision=precision,
                           address=address, workers=workers)
-    if engine == "ray" and retrieval not in (None, "dense"):
-        raise ShoprankError("--retrieval lexical|hybrid runs on --engine local only")
+    if retrieval is not None:
+        from retrieval.hybrid import check_mode
+
+        check_mode(retrieval)  # before any input is read or Ray is started
     if k < 1 or candidates < 1 or batch_size < 1:
         raise ShoprankError(f"k, candidates and batch size must be >= 1 (got {k}, {candidates}, {batch_size})")
     input_path, output = Path(input_path), Path(output_path)
@@ -111,15 +116,16 @@ def score_logs(input_path: str | os.PathLike[str], output_path: str | os.PathLik
     check_output(output, input_path)
     common = dict(input_path=input_path, output=output, k=k, candidates=candidates, batch_size=batch_size,
                   cache_size=cache_size, show_progress=show_progress)
+    loading = dict(retrieval=retrieval or DEFAULT_RETRIEVAL, allow_catalog_change=allow_catalog_change)
     with claim_output(output, f"output {output}"):
         if engine == "ray":
             job, run = _prepare_ray(common, index_dir, reranker, catalog, reranker_required=reranker_required,
                                     address=address, workers=workers, cpus_per_worker=cpus_per_worker,
-                                    retries=retries)
+                                    retries=retries, **loading)
         else:
             job, run = _prepare_local(common, searcher, index_dir, reranker, catalog, resume=resume,
                                       backend=backend, precision=precision, reranker_required=reranker_required,
-                                      retrieval=retrieval)
+                                      **loading)
         started = time.perf_counter()
         result = run()
         return _report(job, result, time.perf_counter() - started)
@@ -133,8 +139,8 @@ def _job(common: dict[str, Any], mode: str, searcher: Scorer) -> ScoringJob:
 
 def _prepare_local(common: dict[str, Any], searcher: Scorer | None, index_dir: Any, reranker: Any, catalog: Any,
                    *, resume: bool, backend: str, precision: str | None,
-                   reranker_required: bool | None,
-                   retrieval: str | None = None) -> tuple[ScoringJob, Callable[[], EngineResult]]:
+                   reranker_required: bool | None, retrieval: str = DEFAULT_RETRIEVAL,
+                   allow_catalog_change: bool = False) -> tuple[ScoringJob, Callable[[], EngineResult]]:
     """Open the log (any format) and load the searcher unless one was given."""
     from pipeline import config
     from pipeline.scoring.local import open_input, run_local
@@ -148,15 +154,16 @@ def _prepare_local(common: dict[str, Any], searcher: Scorer | None, index_dir: A
                                          config.DEFAULT_RERANKER_DIR if reranker is None else reranker,
                                          catalog=catalog, backend=backend,
                                          precision=precision or config.DEFAULT_PRECISION,
-                                         reranker_required=reranker_required,
-                                         retrieval=retrieval or config.DEFAULT_RETRIEVAL)
+                                         reranker_required=reranker_required, retrieval=retrieval,
+                                         allow_catalog_change=allow_catalog_change)
     job = _job(common, mode, searcher)
     return job, functools.partial(run_local, job, source, searcher, resume)
 
 
 def _prepare_ray(common: dict[str, Any], index_dir: Any, reranker: Any, catalog: Any, *,
                  reranker_required: bool | None, address: str | None, workers: int | None,
-                 cpus_per_worker: float, retries: int | None) -> tuple[ScoringJob, Callable[[], EngineResult]]:
+                 cpus_per_worker: float, retries: int | None, retrieval: str = DEFAULT_RETRIEVAL,
+                 allow_catalog_change: bool = False) -> tuple[ScoringJob, Callable[[], EngineResult]]:
     """Read the Parquet footer and load the models once on the driver: a bad input or
     artefact fails with one line before Ray starts, and the tasks and model ids are known."""
     from pipeline import config
@@ -168,9 +175,12 @@ def _prepare_ray(common: dict[str, Any], index_dir: Any, reranker: Any, catalog:
     mode = detect_mode(common["input_path"], columns)
     index_path, reranker_path = resolve_models(index_dir or config.DEFAULT_INDEX_DIR, reranker,
                                                config.DEFAULT_RERANKER_DIR, reranker_required)
-    job = _job(common, mode, TwoStageSearcher.load(index_path, reranker_path, catalog=catalog))
+    searcher = TwoStageSearcher.load(index_path, reranker_path, catalog=catalog, retrieval=retrieval,
+                                     allow_catalog_change=allow_catalog_change)
+    job = _job(common, mode, searcher)
     return job, functools.partial(run_ray, job, num_rows, columns, index_dir=index_path, reranker=reranker_path,
-                                  catalog=catalog, address=address, workers=workers,
+                                  catalog=catalog, retrieval=retrieval, allow_catalog_change=allow_catalog_change,
+                                  address=address, workers=workers,
                                   cpus_per_worker=cpus_per_worker,
                                   retries=DEFAULT_RETRIES if retries is None else retries)
 

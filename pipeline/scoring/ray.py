@@ -133,11 +133,12 @@ class _ScoreActor:
     """One Ray actor: loads the two-stage searcher once, then scores batches of the plan."""
 
     def __init__(self, *, input_path: str, columns: list[str], index_dir: str, reranker: str | None,
-                 catalog: str | None, mode: str, k: int, candidates: int, cache_size: int,
-                 collector: Any) -> None:
+                 catalog: str | None, retrieval: str, allow_catalog_change: bool, mode: str, k: int,
+                 candidates: int, cache_size: int, collector: Any) -> None:
         from pipeline.search import TwoStageSearcher
 
-        self.searcher = TwoStageSearcher.load(index_dir, reranker, catalog=catalog, warn=False)
+        self.searcher = TwoStageSearcher.load(index_dir, reranker, catalog=catalog, warn=False, retrieval=retrieval,
+                                              allow_catalog_change=allow_catalog_change)
         self.tasks = tuple(self.searcher.tasks) or TASKS
         self.input_path, self.columns, self.mode = input_path, columns, mode
         self.k, self.candidates, self.cache_size = k, candidates, cache_size
@@ -220,9 +221,10 @@ def _merge(stats: dict[int, dict[str, Any]], plan: list[dict[str, int]], num_row
 
 
 def run_ray(job: ScoringJob, num_rows: int, columns: list[str], *, index_dir: Path, reranker: Path | None,
-            catalog: str | os.PathLike[str] | None, address: str | None, workers: int | None,
-            cpus_per_worker: float, retries: int) -> EngineResult:
-    """Score the job's Parquet log on Ray actors into ``job.output``."""
+            catalog: str | os.PathLike[str] | None, retrieval: str, allow_catalog_change: bool,
+            address: str | None, workers: int | None, cpus_per_worker: float, retries: int) -> EngineResult:
+    """Score the job's Parquet log on Ray actors into ``job.output``; every actor loads the
+    searcher as the driver did (``retrieval``, ``allow_catalog_change``), so all answer alike."""
     plan = plan_batches(num_rows, job.batch_size)
     stats: dict[int, dict[str, Any]] = {}
     local_cpus = max(os.cpu_count() or 1, int(np.ceil((workers or 0) * cpus_per_worker)))
@@ -239,7 +241,8 @@ def run_ray(job: ScoringJob, num_rows: int, columns: list[str], *, index_dir: Pa
                 fn_constructor_kwargs={
                     "input_path": str(job.input_path), "columns": [c for c in INPUT_COLUMNS if c in columns],
                     "index_dir": str(index_dir), "reranker": str(reranker) if reranker else None,
-                    "catalog": str(Path(catalog).resolve()) if catalog else None, "mode": job.mode, "k": job.k,
+                    "catalog": str(Path(catalog).resolve()) if catalog else None, "retrieval": retrieval,
+                    "allow_catalog_change": allow_catalog_change, "mode": job.mode, "k": job.k,
                     "candidates": job.candidates, "cache_size": job.cache_size, "collector": collector},
                 **actor_remote_args(retries),
             )
