@@ -17,7 +17,9 @@ and assembles ``benchmarks/results.json`` from all of them plus the machine it r
   nDCG@10 on 3,000 held-out queries with bootstrap intervals;
 * ``serve_load.py`` — `pipeline serve` under 1-16 concurrent clients (QPS, p50/p99, 503s) vs
   sequential in-process search; time to ready, a saturation soak (statuses, server RSS) and a
-  hot reload under load, with pass/fail ``checks``.
+  hot reload under load, with pass/fail ``checks``;
+* ``microbatch.py`` — reranking N concurrent queries' candidates as N ONNX calls vs one
+  concatenated call (what a micro-batcher would do): pairs/s, latency, score differences.
 
     python benchmarks/run_all.py [--workdir DIR] [--quick] [--only search_speed,index_recall] [--assemble]
 
@@ -71,6 +73,7 @@ def commands(workdir: Path, quick: bool) -> dict[str, list[str]]:
     memory = [py, str(HERE / "score_logs_memory.py"), "--workdir", str(workdir)]
     quality = [py, str(HERE / "encoding_quality.py"), "--workdir", str(workdir)]
     serve = [py, str(HERE / "serve_load.py"), "--workdir", str(workdir)]
+    microbatch = [py, str(HERE / "microbatch.py"), "--workdir", str(workdir)]
     if quick:
         speed += ["--products", "10000", "--queries", "20", "--log-rows", "60"]
         index += ["--sizes", "10000"]
@@ -79,8 +82,9 @@ def commands(workdir: Path, quick: bool) -> dict[str, list[str]]:
         quality += ["--queries", "300"]
         serve += ["--seconds", "3", "--concurrency", "1,4,16", "--saturation-seconds", "10", "--rss-warmup", "3",
                   "--reload-seconds", "6"]
+        microbatch += ["--reps", "2", "--concurrency", "1,4", "--threads", "server"]
     return {"search_speed": speed, "index_recall": index, "filter_recall": filters, "score_logs_memory": memory,
-            "encoding_quality": quality, "serve_load": serve}
+            "encoding_quality": quality, "serve_load": serve, "microbatch": microbatch}
 
 
 def main() -> None:
