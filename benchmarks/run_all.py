@@ -14,7 +14,9 @@ and assembles ``benchmarks/results.json`` from all of them plus the machine it r
   nDCG@10 on 3,000 held-out queries with bootstrap intervals;
 * ``serve_load.py`` — `pipeline serve` under 1-16 concurrent clients (QPS, p50/p99, 503s) vs
   sequential in-process search; time to ready, a saturation soak (statuses, server RSS) and a
-  hot reload under load, with pass/fail ``checks``.
+  hot reload under load, with pass/fail ``checks``;
+* ``cascade.py`` — the full reranker, its distilled 2-layer student and student→full
+  cascades (M = 10, 20, 30) at 100 candidates: warm search p50/p99 and test nDCG@10.
 
     python benchmarks/run_all.py [--workdir DIR] [--quick] [--only search_speed,index_recall] [--assemble]
 
@@ -67,6 +69,7 @@ def commands(workdir: Path, quick: bool) -> dict[str, list[str]]:
     memory = [py, str(HERE / "score_logs_memory.py"), "--workdir", str(workdir)]
     quality = [py, str(HERE / "encoding_quality.py"), "--workdir", str(workdir)]
     serve = [py, str(HERE / "serve_load.py"), "--workdir", str(workdir)]
+    cascade = [py, str(HERE / "cascade.py"), "--workdir", str(workdir)]
     if quick:
         speed += ["--products", "10000", "--queries", "20", "--log-rows", "60"]
         index += ["--sizes", "10000"]
@@ -74,8 +77,9 @@ def commands(workdir: Path, quick: bool) -> dict[str, list[str]]:
         quality += ["--queries", "300"]
         serve += ["--seconds", "3", "--concurrency", "1,4,16", "--saturation-seconds", "10", "--rss-warmup", "3",
                   "--reload-seconds", "6"]
+        cascade += ["--repeats", "1"]
     return {"search_speed": speed, "index_recall": index, "score_logs_memory": memory, "encoding_quality": quality,
-            "serve_load": serve}
+            "serve_load": serve, "cascade": cascade}
 
 
 def main() -> None:

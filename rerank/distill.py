@@ -155,9 +155,9 @@ def distill_reranker(dataset: Dataset, teacher_dir: str | os.PathLike[str], out_
     from rerank.fusion import fuse
     from rerank.losses import DistillationLoss
     from rerank.model import MultiTaskCrossEncoder
-    from rerank.train import _TrainModule, _require, example_rows, fit_module, pick_queries
+    from rerank.train import TrainModule, example_rows, fit_module, pick_queries, require_training_data
 
-    _require(dataset)
+    require_training_data(dataset, "distill-reranker")
     if Path(out_dir).resolve() == Path(teacher_dir).resolve():
         raise ValueError(f"--out {out_dir} is the teacher's folder; write the student elsewhere")
     depth = teacher_depth(teacher_dir)
@@ -200,7 +200,7 @@ def distill_reranker(dataset: Dataset, teacher_dir: str | os.PathLike[str], out_
     loss = DistillationLoss(tasks, list_weight=list_weight, mse_weight=mse_weight,
                             engagement_weight=engagement_weight, temperature=temperature)
     trainer, keep_best, seconds = fit_module(
-        _TrainModule(student, loss), rows, valid_pairs, out_dir, seed=seed, epochs=epochs, batch_size=batch_size,
+        TrainModule(student, loss), rows, valid_pairs, out_dir, seed=seed, epochs=epochs, batch_size=batch_size,
         learning_rate=learning_rate, head_learning_rate=head_learning_rate, eval_batch_size=eval_batch_size,
         progress=progress)
     student.eval()

@@ -47,7 +47,7 @@ from rerank.model import HeadConfig, MultiTaskCrossEncoder
 from rerank.pal import PositionTower
 
 
-class _TrainModule(nn.Module):
+class TrainModule(nn.Module):
     """Model + loss (+ PAL's position tower) in one module, so the optimiser also sees the
     learned loss weights and the tower, while only ``model`` is saved."""
 
@@ -170,11 +170,13 @@ class KeepBestCallback(TrainerCallback):
             model.load_state_dict(self.best_state)
 
 
-def _require(dataset: Dataset) -> None:
+def require_training_data(dataset: Dataset, command: str = "train-reranker") -> None:
+    """Refuse, in one line naming ``command``, a dataset a reranker cannot be trained on: the
+    labels come from the engagement log and the train/valid queries from the split column."""
     if dataset.engagement is None:
-        raise DataError("train-reranker needs an engagement log (engagement.parquet or --engagement)")
+        raise DataError(f"{command} needs an engagement log (engagement.parquet or --engagement)")
     if dataset.queries is None:
-        raise DataError("train-reranker needs a queries table with a split column (queries.parquet or --queries)")
+        raise DataError(f"{command} needs a queries table with a split column (queries.parquet or --queries)")
 
 
 DEBIAS_MODES = ("none", "ipw", "pal")
@@ -207,7 +209,7 @@ def example_rows(examples: Any, tasks: Sequence[str]) -> list[dict[str, Any]]:
                                      examples["weight"], examples["group"])]
 
 
-def fit_module(module: _TrainModule, train_rows: list[dict[str, Any]], valid_pairs: Any,
+def fit_module(module: TrainModule, train_rows: list[dict[str, Any]], valid_pairs: Any,
                out_dir: str | os.PathLike[str], *, seed: int, epochs: int, batch_size: int, learning_rate: float,
                head_learning_rate: float, eval_batch_size: int = 128,
                progress: bool = True) -> tuple[RerankTrainer, KeepBestCallback, float]:
@@ -280,7 +282,7 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
     ``text_fields``: the catalog columns of the product text; recorded in the manifest, so
     every scorer builds the text this model was trained on.
     """
-    _require(dataset)
+    require_training_data(dataset)
     if debias not in DEBIAS_MODES:
         raise ValueError(f"unknown debias mode {debias!r}; choose one of {', '.join(DEBIAS_MODES)}")
     if debias == "ipw" and propensities is None:
@@ -316,7 +318,7 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
     loss = MultiTaskLoss(tasks, task_weights, uncertainty, objective=objective, rank_weight=rank_weight,
                          point_weight=point_weight, prior_weight=prior_weight)
     tower = PositionTower() if debias == "pal" else None
-    module = _TrainModule(model, loss, tower)
+    module = TrainModule(model, loss, tower)
     label_cols = [f"y_{t}" for t in tasks]
     train_rows = example_rows(examples, tasks)
     if tower is not None:
@@ -364,4 +366,5 @@ def public_report(report: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in report.items() if k != "model"}
 
 
-__all__ = ["train_reranker", "public_report", "example_rows", "fit_module", "RerankTrainer", "KeepBestCallback"]
+__all__ = ["train_reranker", "public_report", "example_rows", "fit_module", "require_training_data", "RerankTrainer",
+           "KeepBestCallback", "TrainModule"]
