@@ -20,6 +20,8 @@ and assembles ``benchmarks/results.json`` from all of them plus the machine it r
   hot reload under load, with pass/fail ``checks``;
 * ``microbatch.py`` — reranking N concurrent queries' candidates as N ONNX calls vs one
   concatenated call (what a micro-batcher would do): pairs/s, latency, score differences.
+* ``cascade.py`` — the full reranker, its distilled 2-layer student and student→full
+  cascades (M = 10, 20, 30) at 100 candidates: warm search p50/p99 and test nDCG@10.
 
     python benchmarks/run_all.py [--workdir DIR] [--quick] [--only search_speed,index_recall] [--assemble]
 
@@ -74,6 +76,7 @@ def commands(workdir: Path, quick: bool) -> dict[str, list[str]]:
     quality = [py, str(HERE / "encoding_quality.py"), "--workdir", str(workdir)]
     serve = [py, str(HERE / "serve_load.py"), "--workdir", str(workdir)]
     microbatch = [py, str(HERE / "microbatch.py"), "--workdir", str(workdir)]
+    cascade = [py, str(HERE / "cascade.py"), "--workdir", str(workdir)]
     if quick:
         speed += ["--products", "10000", "--queries", "20", "--log-rows", "60"]
         index += ["--sizes", "10000"]
@@ -83,8 +86,9 @@ def commands(workdir: Path, quick: bool) -> dict[str, list[str]]:
         serve += ["--seconds", "3", "--concurrency", "1,4,16", "--saturation-seconds", "10", "--rss-warmup", "3",
                   "--reload-seconds", "6"]
         microbatch += ["--reps", "2", "--concurrency", "1,4", "--threads", "server"]
+        cascade += ["--repeats", "1"]
     return {"search_speed": speed, "index_recall": index, "filter_recall": filters, "score_logs_memory": memory,
-            "encoding_quality": quality, "serve_load": serve, "microbatch": microbatch}
+            "encoding_quality": quality, "serve_load": serve, "microbatch": microbatch, "cascade": cascade}
 
 
 def main() -> None:

@@ -167,4 +167,45 @@ def train_reranker_on_index(dataset: Dataset, out_dir: str | os.PathLike[str], *
     return report
 
 
-__all__ = ["fit_fusion", "retriever_candidates", "retriever_prior", "train_reranker_on_index"]
+@writes_output("out_dir", "model folder")
+def distill_reranker_on_index(dataset: Dataset, teacher_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+                              *, index_dir: str | os.PathLike[str] | None = None,
+                              candidates: int = DEFAULT_CANDIDATES, retriever: Any = None, export: bool = True,
+                              **distill_kwargs: Any) -> dict[str, Any]:
+    """Distil a student of the teacher at ``teacher_dir`` (:func:`rerank.distill.distill_reranker`)
+    on the retriever's candidates, fit its own first-stage blend on valid, export it to ONNX.
+
+    The same steps as :func:`train_reranker_on_index`, so a student is served like any
+    reranker: candidates are the retriever's top ``candidates`` for the train and valid
+    queries (without an index: catalog negatives and no blend); the blend is refitted
+    rather than copied from the teacher because it depends on how good the student's own
+    order is. ``export``: fp32 + int8 ONNX next to the model (:mod:`pipeline.export`), so
+    ``--backend auto`` picks ONNX Runtime for the student as for the teacher.
+    """
+    from rerank.distill import distill_reranker, student_layers, teacher_depth
+
+    student_layers(teacher_depth(teacher_dir), distill_kwargs.get("layers", 2),
+                   distill_kwargs.get("layer_choice", "spread"))  # bad input fails before the index loads
+    if retriever is None and index_dir is not None:
+        from retrieval.index import Retriever
+
+        retriever = Retriever.load(index_dir)
+    cand_ids = None
+    if retriever is not None:
+        if dataset.queries is None:
+            raise DataError("distill-reranker needs a queries table with a split column (queries.parquet or --queries)")
+        queries = dataset.split_queries("train") + dataset.split_queries("valid")
+        cand_ids, _ = retriever_candidates(retriever, queries, candidates)
+    report = distill_reranker(dataset, teacher_dir, out_dir, candidates=cand_ids, **distill_kwargs)
+    if retriever is not None:
+        report["fusion"] = fit_fusion(dataset, report["model"], retriever, reranker_dir=out_dir, candidates=candidates)
+        report["model"].manifest["fusion"] = report["fusion"]
+    if export:
+        from pipeline.export import export_onnx
+
+        report["onnx"] = export_onnx(None, out_dir)["reranker"]["export"]
+    return report
+
+
+__all__ = ["distill_reranker_on_index", "fit_fusion", "retriever_candidates", "retriever_prior",
+           "train_reranker_on_index"]

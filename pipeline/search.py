@@ -11,7 +11,21 @@ reranks each query on its own (padding and BLAS blocking would otherwise make th
 results depend on the batch's composition). With int8 on ONNX Runtime, activations are
 quantised with one scale per batch, so the same pair scored among other candidates (e.g.
 ``score_pairs`` of a subset) can differ by ~1e-4; for a given query and index, results are
-still identical run to run.
+still identical run to run. A cascade keeps the contract: the student scores the query's
+candidates, the teacher its own top M of them, both per query.
+
+**Cascade** (``--rerank-cascade small:N,full:M``, :class:`CascadeSpec`): a distilled
+student (:mod:`rerank.distill`) scores all N retrieved candidates; the full reranker (the
+teacher) rescores only the student's top M. One list, one score scale: the first M results
+are those M in the teacher's served order with the teacher's probabilities and blended
+score, exactly as the teacher alone would rank that set; the other N-M follow in the
+student's order with the student's probabilities, their blended scores shifted by one
+constant per query so the best of them sits one unit below the teacher's lowest. Why not
+merge the two models' scores: they come from different models standardised over different
+lists, so a merged sort would let a student score outrank a teacher score for no reason the
+teacher agrees with; the shift keeps ``score`` a ranking key whose order is the served order
+(differences are meaningful within each part only). M >= N is the teacher alone, M = 0 the
+student alone.
 """
 from __future__ import annotations
 
@@ -32,6 +46,51 @@ from pipeline.core.text import PRODUCT_TEXT_FIELDS, recorded_text_fields, requir
 #: Longer queries are cut (with a note) before encoding: real queries are a few words, and
 #: both encoders truncate to a few dozen tokens anyway; cutting first keeps tokenisation cheap.
 MAX_QUERY_CHARS = 512
+CASCADE_PAIRING = ("--student and --rerank-cascade go together: the cascade needs a student and a student is "
+                   "only used by a cascade")
+
+
+@dataclass(frozen=True)
+class CascadeSpec:
+    """A parsed ``--rerank-cascade``: the student scores ``small`` candidates, the full
+    reranker rescores the student's top ``full`` (0: the student alone)."""
+
+    small: int
+    full: int = 0
+
+    def __str__(self) -> str:
+        return f"small:{self.small},full:{self.full}"
+
+    @classmethod
+    def parse(cls, spec: str) -> CascadeSpec:
+        """``"small:100,full:20"`` (or ``"small:100"``) -> CascadeSpec; anything else is a
+        one-line :class:`ShoprankError` naming the flag."""
+        def bad(why: str) -> ShoprankError:
+            return ShoprankError(f"--rerank-cascade {spec!r}: {why}; expected e.g. small:100,full:20")
+
+        stages: dict[str, int] = {}
+        for part in str(spec).split(","):
+            name, sep, value = part.strip().partition(":")
+            if not sep or name not in ("small", "full"):
+                raise bad(f"{part.strip()!r} is not small:N or full:M")
+            if name in stages:
+                raise bad(f"{name} is given twice")
+            try:
+                stages[name] = int(value)
+            except ValueError:
+                raise bad(f"{value!r} is not a whole number") from None
+        if "small" not in stages:
+            raise bad("the small (student) stage is missing")
+        if stages["small"] < 1 or stages.get("full", 0) < 0:
+            raise bad("small must be >= 1 and full >= 0")
+        return cls(stages["small"], stages.get("full", 0))
+
+
+def parse_cascade(spec: CascadeSpec | str | None) -> CascadeSpec | None:
+    """A cascade spec from a flag or config value (None or empty: no cascade)."""
+    if spec is None or isinstance(spec, CascadeSpec):
+        return spec
+    return CascadeSpec.parse(spec) if str(spec).strip() else None
 
 
 @dataclass
@@ -174,12 +233,17 @@ class TwoStageSearcher:
     The ranking ``score`` blends the reranker's fused task score with the retrieval score
     (:func:`rerank.fusion.blend`, per-query z-scores) by the weight fitted on the valid split
     and recorded in the reranker's manifest; the ``p_<task>`` columns are the model's own.
+
+    With a ``student`` and a ``cascade`` the student reranks first and ``reranker`` (the full
+    model) only the student's top ``cascade.full`` (module docstring); each model blends with
+    its own fitted weight.
     """
 
     def __init__(self, retriever: Any, reranker: Any | None, catalog: Any, *,
                  weights: Mapping[str, float] | None = None, retrieval_weight: float | None = None,
                  catalog_verified: bool = False, retrieval: str = DEFAULT_RETRIEVAL,
-                 allow_catalog_change: bool = False) -> None:
+                 allow_catalog_change: bool = False, student: Any | None = None,
+                 cascade: CascadeSpec | str | None = None) -> None:
         """``catalog``: a :class:`CatalogText` or a catalog DataFrame. ``retrieval_weight``
         overrides the reranker manifest's fitted blend weight (0 = reranker order alone).
         ``catalog_verified``: the caller has checked that the catalog is the very file the index
@@ -187,7 +251,8 @@ class TwoStageSearcher:
         first stage, ``dense``, ``lexical`` or ``hybrid`` (:mod:`retrieval.hybrid`).
         ``allow_catalog_change``: skip the check that the catalog's product text is the one
         indexed (a deliberate, e.g. price-only or typo-fix, change; rankings then use the old
-        text's vectors)."""
+        text's vectors). ``student``, ``cascade``: an optional second, cheaper reranker and
+        the :class:`CascadeSpec` that says how the two share a query's candidates."""
         from rerank.fusion import retrieval_weight as manifest_weight
         from retrieval.hybrid import check_mode
 
@@ -198,16 +263,24 @@ class TwoStageSearcher:
         self._selections: dict[tuple[Any, ...], Any] = {}
         self.retriever = retriever
         self.reranker = reranker
+        self.student = student
+        self.cascade = check_cascade(parse_cascade(cascade), reranker, student)
         self.retrieval_weight = (float(retrieval_weight) if retrieval_weight is not None
                                  else manifest_weight(getattr(reranker, "manifest", None)) if reranker is not None
                                  else 0.0)
+        self.student_retrieval_weight = (float(retrieval_weight) if retrieval_weight is not None
+                                         else manifest_weight(getattr(student, "manifest", None))
+                                         if student is not None else 0.0)
         if not 0.0 <= self.retrieval_weight <= 1.0:
             raise ShoprankError(f"retrieval weight must lie in [0, 1], got {self.retrieval_weight}")
-        self.backend = "torch" if getattr(reranker or retriever.encoder, "needs_torch", True) else "onnx"
-        self.precision = getattr(reranker, "precision", "fp32")
+        self.backend = "torch" if getattr(reranker or student or retriever.encoder, "needs_torch", True) else "onnx"
+        self.precision = getattr(reranker or student, "precision", "fp32")
         self.weights = dict(weights) if weights else None
         fields = searcher_text_fields(getattr(retriever, "manifest", None), getattr(reranker, "manifest", None),
                                       getattr(retriever, "index_dir", "the index"))
+        if student is not None:
+            fields = searcher_text_fields(getattr(retriever, "manifest", None), getattr(student, "manifest", None),
+                                          getattr(retriever, "index_dir", "the index"), "--student")
         if not isinstance(catalog, CatalogText):
             catalog = CatalogText.from_frame(catalog, fields=fields)
         elif catalog.fields != fields:
@@ -252,7 +325,8 @@ class TwoStageSearcher:
              catalog: str | os.PathLike[str] | None = None, backend: str = "auto",
              precision: str = DEFAULT_PRECISION, weights: Mapping[str, float] | None = None,
              warn: bool = True, reranker_required: bool | None = None, retrieval: str = DEFAULT_RETRIEVAL,
-             allow_catalog_change: bool = False) -> TwoStageSearcher:
+             allow_catalog_change: bool = False, student: str | os.PathLike[str] | None = None,
+             cascade: CascadeSpec | str | None = None) -> TwoStageSearcher:
         """Load the index (and its query encoder), the reranker and the catalog.
 
         ``backend``: ``"onnx"`` runs both encoders on ONNX Runtime from their exports
@@ -269,6 +343,8 @@ class TwoStageSearcher:
         recorded in the index manifest, then ``data/sample/catalog.parquet``; a catalog whose
         products differ from the ones indexed is refused (unless ``allow_catalog_change``).
         ``retrieval``: see :meth:`__init__`; checked before any model loads.
+        ``student``: a distilled reranker folder for ``cascade`` (:class:`CascadeSpec` or its
+        string); it must exist, share the index's text fields, and loads on the same backend.
         """
         from pipeline.core.artifacts import file_has_sha256, read_manifest
         from pipeline.core.onnx import check_choices, has_export
@@ -282,6 +358,13 @@ class TwoStageSearcher:
 
         check_choices(backend, precision)
         check_mode(retrieval)
+        cascade = parse_cascade(cascade)
+        if (student is None) != (cascade is None):
+            raise ShoprankError(CASCADE_PAIRING)
+        spath = Path(student) if student is not None else None
+        if spath is not None and not (spath / "manifest.json").is_file():
+            raise ArtifactError(f"{spath}: no trained reranker here (no manifest.json); distil one with "
+                                "`pipeline distill-reranker`")
         index_path = Path(index_dir)
         if not (index_path / "manifest.json").is_file():
             raise ArtifactError(
@@ -297,25 +380,28 @@ class TwoStageSearcher:
         # Refused before any model loads: the reranker would score text the index never encoded.
         fields = searcher_text_fields(index_manifest, read_manifest(rpath) if has_reranker else None, index_path,
                                       rpath)
+        if spath is not None:
+            searcher_text_fields(index_manifest, read_manifest(spath), index_path, spath)
         if reranker_required is None:
             reranker_required = rpath != Path(DEFAULT_RERANKER_DIR)
         if rpath is not None and not has_reranker:
             if reranker_required:
                 raise ArtifactError(f"{rpath}: no trained reranker here (no manifest.json)")
-            if warn:
+            if warn and spath is None:
                 sys.stderr.write(
                     f"note: no trained reranker at {rpath}; returning retrieval order "
                     "(train one with `pipeline train-reranker` or run `pipeline demo`)\n"
                 )
         if backend == "auto":
-            stages = [retriever_backend(model_path)[0], *([reranker_backend(rpath)[0]] if has_reranker else [])]
+            stages = [retriever_backend(model_path)[0], *([reranker_backend(rpath)[0]] if has_reranker else []),
+                      *([reranker_backend(spath)[0]] if spath is not None else [])]
             backend = "onnx" if all(stage == "onnx" for stage in stages) else "torch"
-            broken = [p / "onnx" for p in (model_path, rpath if has_reranker else None)
+            broken = [p / "onnx" for p in (model_path, rpath if has_reranker else None, spath)
                       if p is not None and (p / "onnx").is_dir() and not has_export(p)]
             if broken and warn:
                 sys.stderr.write(f"note: {broken[0]} has no manifest.json (an interrupted export?); running the "
                                  "slower PyTorch models; re-run `pipeline export-onnx` to use ONNX Runtime\n")
-        backend, precision = reranker_backend(rpath if has_reranker else None, backend, precision)
+        backend, precision = reranker_backend(rpath if has_reranker else spath, backend, precision)
         cat_path = Path(catalog) if catalog else _catalog_from_manifest(index_manifest, index_path)
         recorded_sha = (index_manifest.get("inputs") or {}).get("catalog_sha256")
         catalog_verified = bool(recorded_sha) and file_has_sha256(cat_path, recorded_sha)
@@ -335,16 +421,20 @@ class TwoStageSearcher:
                 encoder_job = pool.submit(load_encoder, model_path, "onnx", "fp32",
                                           model_id=str(index_manifest.get("model_id") or ""))
                 model_job = pool.submit(load_reranker, rpath, "onnx", precision) if has_reranker else None
+                student_job = pool.submit(load_reranker, spath, "onnx", precision) if spath is not None else None
                 catalog_job = pool.submit(CatalogText.read, cat_path, fields)
                 retriever = Retriever.load(index_path, load_encoder=False).use_encoder(encoder_job.result())
                 model: Any = model_job.result() if model_job else None
+                small: Any = student_job.result() if student_job else None
                 catalog_text = catalog_job.result()
         else:
             retriever = Retriever.load(index_path)
             model = load_reranker(rpath, "torch", precision) if has_reranker else None  # type: ignore[arg-type]
+            small = load_reranker(spath, "torch", precision) if spath is not None else None
             catalog_text = CatalogText.read(cat_path, fields)
         searcher = cls(retriever, model, catalog_text, weights=weights, catalog_verified=catalog_verified,
-                       retrieval=retrieval, allow_catalog_change=allow_catalog_change)
+                       retrieval=retrieval, allow_catalog_change=allow_catalog_change, student=small,
+                       cascade=cascade)
         searcher.backend, searcher.precision = backend, precision
         return searcher
 
@@ -352,12 +442,13 @@ class TwoStageSearcher:
     @property
     def reranked(self) -> bool:
         """True when a cross-encoder reranks the candidates."""
-        return self.reranker is not None
+        return self.reranker is not None or self.student is not None
 
     @property
     def tasks(self) -> tuple[str, ...]:
         """Reranker tasks (probability columns); empty without a reranker."""
-        return tuple(self.reranker.tasks) if self.reranker is not None else ()
+        model = self.reranker if self.reranker is not None else self.student
+        return tuple(model.tasks) if model is not None else ()
 
     def manifest_ids(self) -> dict[str, str]:
         """Ids of the artefacts that produce the scores (written into outputs for provenance)."""
@@ -366,6 +457,10 @@ class TwoStageSearcher:
         if self.reranker is not None:
             ids["reranker"] = str(self.reranker.manifest.get("id", ""))
             ids["fusion"] = f"retrieval_weight={self.retrieval_weight:g}"
+        if self.student is not None:
+            ids["student"] = str(self.student.manifest.get("id", ""))
+            ids["student_fusion"] = f"retrieval_weight={self.student_retrieval_weight:g}"
+            ids["cascade"] = str(self.cascade)
         ids["backend"] = f"{self.backend}-{self.precision}"
         if self.retrieval != "dense":
             method, weight = self.retriever.fusion()
@@ -382,18 +477,44 @@ class TwoStageSearcher:
         return self._titles[row] if row is not None else ""
 
     # ---------------------------------------------------------------- scoring
-    def _rerank(self, query: str, product_ids: Sequence[str],
-                retrieval_scores: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Task probabilities (n, tasks) and ranking scores (n,) for one query's products:
-        the fused task score, blended with ``retrieval_scores`` when given and weighted."""
+    def _rerank(self, query: str, product_ids: Sequence[str], retrieval_scores: np.ndarray | None = None,
+                *, small: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Task probabilities (n, tasks) and ranking scores (n,) for one query's products by
+        the full reranker (``small``: the student): the fused task score, blended with
+        ``retrieval_scores`` when given, by that model's own fitted weight."""
         from rerank.fusion import blend, fuse
 
+        model, weight = ((self.student, self.student_retrieval_weight) if small
+                         else (self.reranker, self.retrieval_weight))
         texts = [self.catalog.text(self._row[pid]) for pid in product_ids]
-        probs = np.asarray(self.reranker.predict([query] * len(texts), texts), dtype=np.float32)
+        probs = np.asarray(model.predict([query] * len(texts), texts), dtype=np.float32)
         scores = np.asarray(fuse(probs, self.tasks, self.weights), dtype=np.float64)
-        if retrieval_scores is not None and self.retrieval_weight > 0.0:
-            scores = blend(scores, retrieval_scores, 1.0 - self.retrieval_weight)
+        if retrieval_scores is not None and weight > 0.0:
+            scores = blend(scores, retrieval_scores, 1.0 - weight)
         return probs, scores
+
+    def _score(self, query: str, product_ids: Sequence[str],
+               retrieval_scores: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_rerank` by the full reranker, or the cascade when there is one (module
+        docstring): the student scores every product, the full model rescores the student's
+        top ``cascade.full``, which it sees in the given (retrieval) order, so with
+        ``full >= n`` its scores are exactly the full model's alone; the rest keep the
+        student's scores, shifted to sit below them."""
+        if self.cascade is None:
+            return self._rerank(query, product_ids, retrieval_scores)
+        probs, scores = self._rerank(query, product_ids, retrieval_scores, small=True)
+        top = min(self.cascade.full, len(product_ids))
+        if top == 0:
+            return probs, scores
+        ranked = sorted(range(len(product_ids)), key=lambda i: (-scores[i], i))
+        head, tail = sorted(ranked[:top]), ranked[top:]
+        head_probs, head_scores = self._rerank(query, [product_ids[i] for i in head],
+                                               None if retrieval_scores is None else retrieval_scores[head])
+        probs, out = probs.copy(), scores.copy()
+        probs[head], out[head] = head_probs, head_scores
+        if tail:
+            out[tail] = scores[tail] + (head_scores.min() - scores[tail].max() - 1.0)
+        return probs, out
 
     def search(self, query: str, k: int = 10, candidates: int = DEFAULT_CANDIDATES,
                filters: Sequence[str] | str | None = None) -> list[SearchHit]:
@@ -430,7 +551,9 @@ class TwoStageSearcher:
         """
         if k < 1 or candidates < 1:
             raise ShoprankError(f"k and candidates must be >= 1 (got k={k}, candidates={candidates})")
-        candidates = max(candidates, k) if self.reranker is not None else k
+        if self.cascade is not None:
+            candidates = self.cascade.small  # the cascade's N is the retrieval depth
+        candidates = max(candidates, k) if self.reranked else k
         where = self.selection(filters)
         options: dict[str, Any] = {}
         if self.retrieval != "dense":
@@ -443,11 +566,11 @@ class TwoStageSearcher:
             ids_list, scores_list = self.retriever.search([query], k=candidates, **options)
             ids = [str(p) for p in ids_list[0]]
             rscores = np.asarray(scores_list[0], dtype=np.float64)[: len(ids)]
-            if self.reranker is None or not ids:
+            if not self.reranked or not ids:
                 results.append([SearchHit(i + 1, pid, self.title(pid), float(s), {}, float(s))
                                 for i, (pid, s) in enumerate(zip(ids[:k], rscores))])
                 continue
-            probs, fused = self._rerank(query, ids, rscores)
+            probs, fused = self._score(query, ids, rscores)
             order = sorted(range(len(ids)), key=lambda i: (-fused[i], i))[:k]
             results.append([
                 SearchHit(rank, ids[i], self.title(ids[i]), float(rscores[i]),
@@ -461,18 +584,35 @@ class TwoStageSearcher:
 
         Unknown product ids are a :class:`DataError`, since a score for a product the model
         has no text for would be made up. Given pairs have no retrieval score, so ``score``
-        is the reranker's fused score without the first-stage blend.
+        is the reranker's fused score without the first-stage blend. A cascade treats the
+        given products as the candidate list (the full model rescores the student's top M).
         """
-        if self.reranker is None:
+        if not self.reranked:
             raise ArtifactError("scoring given (query, product_id) pairs needs a trained reranker")
         query = clean_query(query)
         unknown = [p for p in product_ids if p not in self._row]
         if unknown:
             raise DataError(f"product_id {unknown[0]!r} is not in the catalog")
-        probs, fused = self._rerank(query, list(product_ids))
+        probs, fused = self._score(query, list(product_ids))
         return [SearchHit(None, pid, self.title(pid), float("nan"),
                           {t: float(probs[i, j]) for j, t in enumerate(self.tasks)}, float(fused[i]))
                 for i, pid in enumerate(product_ids)]
+
+
+def check_cascade(cascade: CascadeSpec | None, reranker: Any | None, student: Any | None) -> CascadeSpec | None:
+    """Refuse a cascade its models cannot run: one without a student, a student without a
+    cascade, a full stage without the full reranker, or two models predicting different tasks."""
+    if (cascade is None) != (student is None):
+        raise ShoprankError(CASCADE_PAIRING)
+    if cascade is None:
+        return None
+    if cascade.full > 0 and reranker is None:
+        raise ArtifactError(f"--rerank-cascade {cascade}: the full stage needs the full reranker (--reranker); "
+                            "use small:N alone for the student by itself")
+    if reranker is not None and tuple(reranker.tasks) != tuple(student.tasks):
+        raise ArtifactError(f"--student predicts tasks {list(student.tasks)}, the reranker {list(reranker.tasks)}; "
+                            "a cascade needs the same tasks (distil the student from this reranker)")
+    return cascade
 
 
 def searcher_text_fields(index_manifest: Mapping[str, Any] | None, reranker_manifest: Mapping[str, Any] | None,
@@ -511,7 +651,8 @@ def run_search(queries: Sequence[str], *, k: int = 10, candidates: int = DEFAULT
                catalog: str | os.PathLike[str] | None = None, weights: Mapping[str, float] | None = None,
                backend: str = "auto", precision: str = DEFAULT_PRECISION,
                reranker_required: bool | None = None, retrieval: str = DEFAULT_RETRIEVAL,
-               filters: Sequence[str] | None = None, allow_catalog_change: bool = False) -> dict[str, Any]:
+               filters: Sequence[str] | None = None, allow_catalog_change: bool = False,
+               student: str | os.PathLike[str] | None = None, cascade: CascadeSpec | str | None = None) -> dict[str, Any]:
     """Load the searcher once and answer several queries (what `pipeline search` prints).
 
     Queries and filters are validated *before* any model is loaded, so a blank query or a
@@ -523,11 +664,12 @@ def run_search(queries: Sequence[str], *, k: int = 10, candidates: int = DEFAULT
         from pipeline.data.filters import parse_filters
 
         parse_filters(filters)
+    cascade = parse_cascade(cascade)
     cleaned = [clean_query(q) for q in queries]
     truncated = [i for i, q in enumerate(queries) if len(" ".join(str(q).split())) > MAX_QUERY_CHARS]
     searcher = TwoStageSearcher.load(index_dir, reranker, catalog=catalog, backend=backend, precision=precision,
                                      weights=weights, reranker_required=reranker_required, retrieval=retrieval,
-                                     allow_catalog_change=allow_catalog_change)
+                                     allow_catalog_change=allow_catalog_change, student=student, cascade=cascade)
     hits = searcher.search_many(cleaned, k=k, candidates=candidates, filters=filters)
     return {
         "reranked": searcher.reranked, "tasks": list(searcher.tasks), "models": searcher.manifest_ids(),

@@ -153,3 +153,61 @@ class MultiTaskLoss(nn.Module):
         else:
             total = (per_task * self.task_weights).sum()
         return total, per_task.detach()
+
+
+def task_logits(logp: torch.Tensor) -> torch.Tensor:
+    """Each task's own logit ``log p - log(1 - p)`` from log-probabilities.
+
+    Why not the heads' raw outputs: with funnel heads those are the *conditional* factors
+    (cart given click, ...), while a distilled student must match the teacher's unconditional
+    per-task probabilities, whatever its head mode; this logit is that probability on an
+    unbounded scale, where a squared error weighs small and large probabilities alike.
+    """
+    return logp - log1mexp(logp)
+
+
+class DistillationLoss(nn.Module):
+    """Per task: a listwise term towards the teacher's order within each query's list, a
+    squared error on the task logits, and (weighted) the engagement loss of :class:`MultiTaskLoss`.
+
+    ``loss_t = λ_list·τ²·CE(softmax(teacher_t/τ), softmax(student_t/τ)) + λ_mse·MSE(logit_s, logit_t)
+    + λ_eng·engagement_t``, on log-probabilities ``log p_t`` (scores of the list softmax,
+    as in :func:`listwise_softmax_ce`). The cross-entropy is the KL divergence up to the
+    target's entropy (a constant), and ``τ²`` keeps its gradient scale independent of the
+    temperature (Hinton et al. 2015). Why both terms: the listwise one teaches what the
+    reranker is for, the order within a query; the squared error keeps the student's
+    probabilities on the teacher's scale, which the first-stage blend and the ``p_<task>``
+    outputs read. Why keep the engagement term: the teacher is itself a noisy fit of a few
+    hundred queries, and the logs can correct the student where the teacher is wrong.
+    ``forward`` has the trainer's signature plus ``teacher`` (n, T) log-probabilities.
+    """
+
+    def __init__(self, tasks: Sequence[str], task_weights: Sequence[float] | None = None, *,
+                 list_weight: float = 1.0, mse_weight: float = 1.0, engagement_weight: float = 0.5,
+                 temperature: float = 1.0, objective: str = "both") -> None:
+        super().__init__()
+        if min(list_weight, mse_weight, engagement_weight) < 0 or temperature <= 0:
+            raise ValueError("distillation weights must be >= 0 and the temperature > 0")
+        self.tasks = tuple(tasks)
+        self.engagement = MultiTaskLoss(tasks, task_weights, objective=objective)
+        self.list_weight, self.mse_weight = float(list_weight), float(mse_weight)
+        self.engagement_weight, self.temperature = float(engagement_weight), float(temperature)
+
+    def forward(self, logp: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+                groups: torch.Tensor | None = None, prior: torch.Tensor | None = None,
+                log_examination: torch.Tensor | None = None,
+                teacher: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if teacher is None or groups is None:
+            raise ValueError("distillation needs the teacher's log-probabilities and query groups in the batch")
+        tau = self.temperature
+        per_task = []
+        for t in range(len(self.tasks)):
+            target = torch.exp((teacher[:, t] - teacher[:, t].max()) / tau)  # normalised per query below
+            loss = self.list_weight * tau ** 2 * listwise_softmax_ce(logp[:, t] / tau, target, groups)
+            loss = loss + self.mse_weight * torch.mean((task_logits(logp[:, t]) - task_logits(teacher[:, t])) ** 2)
+            if self.engagement_weight:
+                loss = loss + self.engagement_weight * self.engagement.task_loss(logp[:, t], labels[:, t], weights,
+                                                                                 groups)
+            per_task.append(loss)
+        stacked = torch.stack(per_task)
+        return (stacked * self.engagement.task_weights).sum(), stacked.detach()

@@ -204,9 +204,12 @@ class MultiTaskCrossEncoder(nn.Module):
     def save(self, out_dir: str | os.PathLike[str], *, seed: int | None = None,
              data_fingerprint: str | None = None, report: Mapping[str, Any] | None = None,
              extra_state: Mapping[str, torch.Tensor] | None = None,
-             text_fields: Sequence[str] = PRODUCT_TEXT_FIELDS) -> dict[str, Any]:
+             text_fields: Sequence[str] = PRODUCT_TEXT_FIELDS,
+             teacher: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Write the model directory atomically; return its manifest. ``text_fields``: the
-        product text fields the model was trained on (every scorer must build the same text)."""
+        product text fields the model was trained on (every scorer must build the same text).
+        ``teacher``: for a distilled student, the teacher's manifest id and path (recorded as
+        the manifest's ``teacher``, so a student always names the model it imitates)."""
         from safetensors.torch import save_file
 
         if self.quantized:
@@ -229,6 +232,7 @@ class MultiTaskCrossEncoder(nn.Module):
                 text_fields=list(text_fields),
                 checksums={f"{ENCODER_DIR}/model.safetensors": enc_sha, HEADS_FILE: sha256_file(tmp / HEADS_FILE)},
                 report=dict(report or {}),
+                **({"teacher": dict(teacher)} if teacher else {}),
             )
             write_manifest(tmp, manifest)
         self.manifest = manifest

@@ -47,7 +47,7 @@ from rerank.model import HeadConfig, MultiTaskCrossEncoder
 from rerank.pal import PositionTower
 
 
-class _TrainModule(nn.Module):
+class TrainModule(nn.Module):
     """Model + loss (+ PAL's position tower) in one module, so the optimiser also sees the
     learned loss weights and the tower, while only ``model`` is saved."""
 
@@ -63,8 +63,8 @@ class _TrainModule(nn.Module):
 
 
 class _PairCollator:
-    """Tokenises (query, text) pairs per batch: dynamic padding; labels, weights and query
-    groups as tensors."""
+    """Tokenises (query, text) pairs per batch: dynamic padding; labels, weights, query
+    groups (and, when the rows have them, priors, positions and teacher targets) as tensors."""
 
     def __init__(self, model: MultiTaskCrossEncoder) -> None:
         self.model = model
@@ -78,6 +78,8 @@ class _PairCollator:
             batch["prior"] = torch.tensor([r["prior"] for r in rows], dtype=torch.float32)
         if "position" in rows[0]:
             batch["positions"] = torch.tensor([r["position"] for r in rows], dtype=torch.float32)
+        if "teacher" in rows[0]:
+            batch["teacher"] = torch.tensor([r["teacher"] for r in rows], dtype=torch.float32)
         return batch
 
 
@@ -114,10 +116,12 @@ class RerankTrainer(Trainer):
         groups = inputs.pop("groups", None)
         prior = inputs.pop("prior", None)
         positions = inputs.pop("positions", None)
+        teacher = inputs.pop("teacher", None)  # a teacher's log-probabilities (distillation, rerank.distill)
         logp = module.model(**inputs)
         log_exam = (module.position_tower(positions)
                     if module.position_tower is not None and positions is not None else None)
-        total, per_task = module.loss(logp, labels, weights, groups, prior, log_exam)
+        total, per_task = module.loss(logp, labels, weights, groups, prior, log_exam,
+                                      **({"teacher": teacher} if teacher is not None else {}))
         self._running += per_task.cpu().numpy()
         self._running_n += 1
         return (total, logp) if return_outputs else total
@@ -166,11 +170,13 @@ class KeepBestCallback(TrainerCallback):
             model.load_state_dict(self.best_state)
 
 
-def _require(dataset: Dataset) -> None:
+def require_training_data(dataset: Dataset, command: str = "train-reranker") -> None:
+    """Refuse, in one line naming ``command``, a dataset a reranker cannot be trained on: the
+    labels come from the engagement log and the train/valid queries from the split column."""
     if dataset.engagement is None:
-        raise DataError("train-reranker needs an engagement log (engagement.parquet or --engagement)")
+        raise DataError(f"{command} needs an engagement log (engagement.parquet or --engagement)")
     if dataset.queries is None:
-        raise DataError("train-reranker needs a queries table with a split column (queries.parquet or --queries)")
+        raise DataError(f"{command} needs a queries table with a split column (queries.parquet or --queries)")
 
 
 DEBIAS_MODES = ("none", "ipw", "pal")
@@ -192,6 +198,58 @@ def pick_queries(queries: list[str], limit: int | None, seed: int) -> list[str]:
         return list(queries)
     rng = np.random.default_rng(seed)
     return [queries[i] for i in sorted(rng.choice(len(queries), size=limit, replace=False))]
+
+
+def example_rows(examples: Any, tasks: Sequence[str]) -> list[dict[str, Any]]:
+    """The trainer's rows (query, text, per-task labels, weight, group) from
+    :func:`rerank.data.build_examples`' frame; callers add their own extra fields per row."""
+    label_cols = [f"y_{t}" for t in tasks]
+    return [{"query": q, "text": t, "labels": list(map(float, y)), "weight": float(w), "group": int(g)}
+            for q, t, y, w, g in zip(examples["query"], examples["text"], examples[label_cols].to_numpy(),
+                                     examples["weight"], examples["group"])]
+
+
+def fit_module(module: TrainModule, train_rows: list[dict[str, Any]], valid_pairs: Any,
+               out_dir: str | os.PathLike[str], *, seed: int, epochs: int, batch_size: int, learning_rate: float,
+               head_learning_rate: float, eval_batch_size: int = 128,
+               progress: bool = True) -> tuple[RerankTrainer, KeepBestCallback, float]:
+    """Train ``module`` (model + loss) with :class:`RerankTrainer`: whole-query batches,
+    validation each epoch, best epoch restored. Returns the trainer, the keep-best callback
+    and the training seconds.
+
+    Why one function for every training run (engagement training, distillation): the
+    optimiser groups, schedule, seeding and keep-best rule are part of what makes two runs
+    comparable, so they are written once. The encoder gets ``learning_rate``; the heads, the
+    loss's own parameters and any position tower get ``head_learning_rate``.
+    """
+    model, loss, tower = module.model, module.loss, module.position_tower
+    head_params = list(model.head.parameters()) + list(loss.parameters())
+    head_params += list(tower.parameters()) if tower is not None else []
+    optimizer = torch.optim.AdamW([
+        {"params": list(model.encoder.parameters()), "lr": learning_rate},
+        {"params": head_params, "lr": head_learning_rate},
+    ], weight_decay=0.01)
+    steps_per_epoch = len(GroupBatchSampler.for_rows([r["group"] for r in train_rows], batch_size))
+    keep_best = KeepBestCallback()
+    started = time.time()
+    with scratch_directory(out_dir) as tmp:
+        args = TrainingArguments(
+            output_dir=str(tmp), per_device_train_batch_size=batch_size, num_train_epochs=epochs,
+            learning_rate=learning_rate, warmup_steps=0.1, lr_scheduler_type="linear",
+            logging_strategy="steps", logging_steps=max(1, steps_per_epoch // 5),
+            eval_strategy="epoch", save_strategy="no", report_to="none",
+            seed=seed, data_seed=seed, use_cpu=not torch.cuda.is_available(), disable_tqdm=not progress,
+            remove_unused_columns=False, dataloader_num_workers=0, dataloader_pin_memory=False,
+            max_grad_norm=1.0,
+        )
+        trainer = RerankTrainer(model=module, args=args, train_dataset=train_rows,
+                                eval_dataset=valid_pairs.to_dict("records"),  # read by the evaluator
+                                data_collator=_PairCollator(model), optimizers=(optimizer, None),
+                                callbacks=[keep_best], evaluator=EngagementEvaluator(valid_pairs, batch_size=eval_batch_size),
+                                tasks=list(model.tasks))
+        trainer_progress(trainer, progress)
+        trainer.train()
+    return trainer, keep_best, time.time() - started
 
 
 @writes_output("out_dir", "model folder")
@@ -224,7 +282,7 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
     ``text_fields``: the catalog columns of the product text; recorded in the manifest, so
     every scorer builds the text this model was trained on.
     """
-    _require(dataset)
+    require_training_data(dataset)
     if debias not in DEBIAS_MODES:
         raise ValueError(f"unknown debias mode {debias!r}; choose one of {', '.join(DEBIAS_MODES)}")
     if debias == "ipw" and propensities is None:
@@ -260,11 +318,9 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
     loss = MultiTaskLoss(tasks, task_weights, uncertainty, objective=objective, rank_weight=rank_weight,
                          point_weight=point_weight, prior_weight=prior_weight)
     tower = PositionTower() if debias == "pal" else None
-    module = _TrainModule(model, loss, tower)
+    module = TrainModule(model, loss, tower)
     label_cols = [f"y_{t}" for t in tasks]
-    train_rows = [{"query": q, "text": t, "labels": list(map(float, y)), "weight": float(w), "group": int(g)}
-                  for q, t, y, w, g in zip(examples["query"], examples["text"], examples[label_cols].to_numpy(),
-                                           examples["weight"], examples["group"])]
+    train_rows = example_rows(examples, tasks)
     if tower is not None:
         for row, position in zip(train_rows, examples["position"].to_numpy(dtype=np.float64)):
             row["position"] = float(position)
@@ -272,33 +328,10 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
         scores = np.asarray(prior(examples["query"].tolist(), examples["product_id"].astype(str).tolist()))
         for row, score in zip(train_rows, scores):
             row["prior"] = float(score)
-    head_params = list(model.head.parameters()) + list(loss.parameters())
-    head_params += list(tower.parameters()) if tower is not None else []
-    optimizer = torch.optim.AdamW([
-        {"params": list(model.encoder.parameters()), "lr": learning_rate},
-        {"params": head_params, "lr": head_learning_rate},
-    ], weight_decay=0.01)
-    steps_per_epoch = len(GroupBatchSampler.for_rows(examples["group"].tolist(), batch_size))
-    keep_best = KeepBestCallback()
-    started = time.time()
-    with scratch_directory(out_dir) as tmp:
-        args = TrainingArguments(
-            output_dir=str(tmp), per_device_train_batch_size=batch_size, num_train_epochs=epochs,
-            learning_rate=learning_rate, warmup_steps=0.1, lr_scheduler_type="linear",
-            logging_strategy="steps", logging_steps=max(1, steps_per_epoch // 5),
-            eval_strategy="epoch", save_strategy="no", report_to="none",
-            seed=seed, data_seed=seed, use_cpu=not torch.cuda.is_available(), disable_tqdm=not progress,
-            remove_unused_columns=False, dataloader_num_workers=0, dataloader_pin_memory=False,
-            max_grad_norm=1.0,
-        )
-        trainer = RerankTrainer(model=module, args=args, train_dataset=train_rows,
-                                eval_dataset=valid_pairs.to_dict("records"),  # read by the evaluator
-                                data_collator=_PairCollator(model), optimizers=(optimizer, None),
-                                callbacks=[keep_best], evaluator=EngagementEvaluator(valid_pairs, batch_size=eval_batch_size),
-                                tasks=tasks)
-        trainer_progress(trainer, progress)
-        trainer.train()
-    train_seconds = time.time() - started
+    trainer, keep_best, train_seconds = fit_module(
+        module, train_rows, valid_pairs, out_dir, seed=seed, epochs=epochs, batch_size=batch_size,
+        learning_rate=learning_rate, head_learning_rate=head_learning_rate, eval_batch_size=eval_batch_size,
+        progress=progress)
     model.eval()
     history = [{k.removeprefix("eval_"): v for k, v in h.items()} for h in keep_best.history]
     best = next((h for h in history if h.get("epoch") == round(keep_best.best_epoch or -1, 3)), history[-1] if history else {})
@@ -333,4 +366,5 @@ def public_report(report: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in report.items() if k != "model"}
 
 
-__all__ = ["train_reranker", "public_report", "RerankTrainer", "KeepBestCallback"]
+__all__ = ["train_reranker", "public_report", "example_rows", "fit_module", "require_training_data", "RerankTrainer",
+           "KeepBestCallback", "TrainModule"]

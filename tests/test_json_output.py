@@ -40,6 +40,8 @@ HEAVY: dict[str, tuple[str, ...]] = {
                         "--batch-size", "8"),
     "train-reranker": ("--data", "data/sample", "--out", "{tmp}/reranker", "--epochs", "1", "--max-queries", "2",
                        "--max-shown", "4", "--negatives", "1", "--batch-size", "16"),
+    "distill-reranker": ("--data", "data/sample", "--teacher", "models/reranker", "--layers", "1", "--out",
+                         "{tmp}/reranker-small", "--epochs", "1", "--max-queries", "2", "--negatives", "1", "--no-export"),
     "adapt-lm": ("--data", "data/sample", "--out", "{tmp}/domain-bert", "--max-steps", "2", "--batch-size", "8",
                  "--max-length", "32"),
     "compare-rerankers": ("--data", "data/sample", "--out", "{tmp}/compare", "--index", "indexes/default",

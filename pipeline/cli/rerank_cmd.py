@@ -1,6 +1,7 @@
-"""Rerank commands: `train-reranker`, `adapt-lm`, `compare-rerankers`.
+"""Rerank commands: `train-reranker`, `distill-reranker`, `adapt-lm`, `compare-rerankers`.
 
 Thin: parse, call one library function (:func:`pipeline.blend.train_reranker_on_index`,
+:func:`pipeline.blend.distill_reranker_on_index`,
 :func:`rerank.adapt.adapt_lm`, :func:`compare_rerankers` in benchmarks/compare_rerankers.py), print a table or
 ``--json``. torch/transformers/pandas are imported inside the commands (fast --help).
 """
@@ -102,6 +103,47 @@ def train_reranker_cmd(
                 title=f"validation (best epoch {report['best_epoch']})")
     if "fusion" in report:
         info(f"first-stage blend: retrieval weight {report['fusion']['retrieval_weight']:g} (fitted on valid)")
+
+
+@app.command("distill-reranker")
+def distill_reranker_cmd(
+    teacher: Path = typer.Option(DEFAULT_RERANKER_DIR, "--teacher", help="Trained reranker to imitate."),
+    layers: int = typer.Option(2, "--layers", help="Student encoder layers (1 .. the teacher's layers - 1)."),
+    out: Path = typer.Option(Path("models/reranker-small"), "--out", help="Student model directory (replaced atomically)."),
+    data: Optional[Path] = _DATA, catalog: Optional[Path] = _CATALOG, engagement: Optional[Path] = _ENGAGEMENT,
+    queries: Optional[Path] = _QUERIES,
+    index: Optional[Path] = typer.Option(None, "--index", help="Index whose retriever gives the candidate lists; also fits the student's first-stage blend on valid."),
+    candidates: int = typer.Option(DEFAULT_CANDIDATES, "--candidates", min=1, help="Retriever candidates per query (with --index)."),
+    layer_choice: str = typer.Option("spread", "--layer-choice", help="spread (evenly spaced, first and last kept) | first (the bottom layers)."),
+    epochs: int = typer.Option(2, "--epochs", min=1),
+    negatives: Optional[int] = typer.Option(None, "--negatives", min=0, help="Sampled candidates per query (default: the teacher's)."),
+    max_queries: Optional[int] = typer.Option(None, "--max-queries", min=1, help="Train queries (default: as many as the teacher used)."),
+    engagement_weight: float = typer.Option(0.5, "--engagement-weight", min=0.0, help="Weight of the engagement loss next to the teacher's."),
+    export: bool = typer.Option(True, "--export/--no-export", help="Export the student to ONNX (fp32 + int8)."),
+    seed: int = typer.Option(DEFAULT_SEED, "--seed"),
+    json_out: bool = _JSON,
+) -> None:
+    """Distil a trained reranker into a shallower student (same heads, same artefact format)
+    for the first pass of a `--rerank-cascade`."""
+    from pipeline.blend import distill_reranker_on_index
+    from rerank.train import public_report
+
+    dataset = _load(data, catalog, engagement, queries)
+    try:
+        report = distill_reranker_on_index(
+            dataset, teacher, out, index_dir=index, candidates=candidates, export=export, layers=layers,
+            layer_choice=layer_choice, epochs=epochs, negatives=negatives, max_queries=max_queries,
+            engagement_weight=engagement_weight, seed=seed)
+    except ValueError as exc:
+        _bad(exc)
+    report = public_report(report)
+    info(f"saved {layers}-layer student of {teacher} to {out}")
+    if json_out:
+        emit_json(report)
+        return
+    print_table([{"metric": k, "value": v} for k, v in {"agreement_with_teacher": report["agreement"],
+                                                         **report["validation"]}.items()],
+                title=f"student validation (best epoch {report['best_epoch']})")
 
 
 @app.command("adapt-lm")

@@ -39,6 +39,10 @@ _FILTER = typer.Option(None, "--filter", help="Keep only catalog products where 
                        "(=, !=, <, <=, >, >=, in), e.g. 'category=Sofas' 'price<=500'; repeatable (all must hold).")
 _ALLOW_CATALOG_CHANGE = typer.Option(False, "--allow-catalog-change", help="Search even though the catalog's "
                                      "product text differs from the text indexed (rankings use the indexed text).")
+_STUDENT = typer.Option(None, "--student", help="Distilled student reranker (`pipeline distill-reranker`) for "
+                        "--rerank-cascade.")
+_CASCADE = typer.Option(None, "--rerank-cascade", help="small:N,full:M = the student scores N retrieved candidates, "
+                        "the reranker rescores the student's top M (small:N alone: the student only). Needs --student.")
 _RAY_ADDRESS = typer.Option(None, "--address", help="Ray cluster to join (e.g. ray://head:10001 or auto); "
                             "default: start a local Ray. --engine ray only.")
 
@@ -89,6 +93,8 @@ def search(
     retrieval: str = _RETRIEVAL,
     filters: Optional[list[str]] = _FILTER,
     allow_catalog_change: bool = _ALLOW_CATALOG_CHANGE,
+    student: Optional[Path] = _STUDENT,
+    cascade: Optional[str] = _CASCADE,
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Search the catalog: retrieve top candidates, rerank them, show the top k with click /
@@ -98,7 +104,8 @@ def search(
     result = run_search(_gather_queries(query, queries_file), k=k, candidates=candidates, index_dir=index_dir,
                         reranker=reranker or DEFAULT_RERANKER_DIR, reranker_required=reranker is not None,
                         catalog=catalog, weights=_weights(weights), backend=backend, precision=precision,
-                        retrieval=retrieval, filters=filters, allow_catalog_change=allow_catalog_change)
+                        retrieval=retrieval, filters=filters, allow_catalog_change=allow_catalog_change,
+                        student=student, cascade=cascade)
     if json_out:
         emit_json(result)
         return
@@ -134,13 +141,16 @@ def serve(
                                               "requests with 'Authorization: Bearer TOKEN' (or $SHOPRANK_ADMIN_TOKEN)."),
     backend: str = _BACKEND,
     precision: str = _PRECISION,
+    student: Optional[Path] = _STUDENT,
+    cascade: Optional[str] = _CASCADE,
 ) -> None:
     """Serve search over HTTP: GET/POST /search, POST /score, /healthz, /readyz, /metrics,
     POST /admin/reload and a web page at /. Models load once, on ONNX Runtime when exported."""
     from pipeline.serve import Artefacts, ServeSettings, token_from_env
     from pipeline.serve.server import run_server
 
-    artefacts = Artefacts(index_dir, reranker or DEFAULT_RERANKER_DIR, catalog, reranker_required=reranker is not None)
+    artefacts = Artefacts(index_dir, reranker or DEFAULT_RERANKER_DIR, catalog, reranker_required=reranker is not None,
+                          student=student, cascade=cascade)
     run_server(ServeSettings(artefacts, backend, precision, host, port, workers, max_queue,
                              token_from_env(admin_token)))
 
@@ -165,6 +175,8 @@ def score_logs(
     precision: str = _PRECISION,
     retrieval: str = _RETRIEVAL,
     allow_catalog_change: bool = _ALLOW_CATALOG_CHANGE,
+    student: Optional[Path] = _STUDENT,
+    cascade: Optional[str] = _CASCADE,
 ) -> None:
     """Score a query log offline into Parquet: streamed in batches, resumable, with the
     model ids in the file's metadata. Repeated queries are computed once. With --engine ray
@@ -174,7 +186,8 @@ def score_logs(
     report = run(input_path, output, engine=engine, index_dir=index_dir, reranker=reranker or DEFAULT_RERANKER_DIR,
                  reranker_required=reranker is not None, catalog=catalog, k=k, candidates=candidates,
                  batch_size=batch_size, resume=resume, show_progress=progress, backend=backend, precision=precision,
-                 address=address, workers=workers, retrieval=retrieval, allow_catalog_change=allow_catalog_change)
+                 address=address, workers=workers, retrieval=retrieval, allow_catalog_change=allow_catalog_change,
+                 student=student, cascade=cascade)
     _print_scoring_report(report, json_out)
 
 

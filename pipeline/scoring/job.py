@@ -75,7 +75,8 @@ def score_logs(input_path: str | os.PathLike[str], output_path: str | os.PathLik
                show_progress: bool = True, backend: str = "auto", precision: str | None = None,
                address: str | None = None, workers: int | None = None, cpus_per_worker: float = 1.0,
                retries: int | None = None, reranker_required: bool | None = None,
-               retrieval: str | None = None, allow_catalog_change: bool = False) -> dict[str, Any]:
+               retrieval: str | None = None, allow_catalog_change: bool = False,
+               student: str | os.PathLike[str] | None = None, cascade: str | None = None) -> dict[str, Any]:
     """Score a query log into a Parquet file; returns a report (rows, time, throughput, models).
 
     Mode is chosen by the input's columns: with ``product_id`` each (query, product) pair
@@ -98,7 +99,8 @@ def score_logs(input_path: str | os.PathLike[str], output_path: str | os.PathLik
     whose product text differs from the text indexed, as
     :meth:`~pipeline.search.TwoStageSearcher.load` allows it. Both are for loading the models,
     so they do not apply to a given ``searcher``. A ``filter`` column in the log restricts each
-    row's products (queries mode).
+    row's products (queries mode). ``student``, ``cascade``: a reranker cascade
+    (:class:`pipeline.search.CascadeSpec`), local engine only.
     The output is claimed for the whole run: a second job writing the same file is refused
     before it touches the first one's parts or temporaries.
     """
@@ -108,6 +110,11 @@ def score_logs(input_path: str | os.PathLike[str], output_path: str | os.PathLik
         from retrieval.hybrid import check_mode
 
         check_mode(retrieval)  # before any input is read or Ray is started
+    if engine == "ray" and (student is not None or cascade):
+        raise ShoprankError("--student/--rerank-cascade run on --engine local only")
+    from pipeline.search import parse_cascade
+
+    parse_cascade(cascade)  # a bad spec fails before the log or any model is opened
     if k < 1 or candidates < 1 or batch_size < 1:
         raise ShoprankError(f"k, candidates and batch size must be >= 1 (got {k}, {candidates}, {batch_size})")
     input_path, output = Path(input_path), Path(output_path)
@@ -125,7 +132,7 @@ def score_logs(input_path: str | os.PathLike[str], output_path: str | os.PathLik
         else:
             job, run = _prepare_local(common, searcher, index_dir, reranker, catalog, resume=resume,
                                       backend=backend, precision=precision, reranker_required=reranker_required,
-                                      **loading)
+                                      student=student, cascade=cascade, **loading)
         started = time.perf_counter()
         result = run()
         return _report(job, result, time.perf_counter() - started)
@@ -140,7 +147,8 @@ def _job(common: dict[str, Any], mode: str, searcher: Scorer) -> ScoringJob:
 def _prepare_local(common: dict[str, Any], searcher: Scorer | None, index_dir: Any, reranker: Any, catalog: Any,
                    *, resume: bool, backend: str, precision: str | None,
                    reranker_required: bool | None, retrieval: str = DEFAULT_RETRIEVAL,
-                   allow_catalog_change: bool = False) -> tuple[ScoringJob, Callable[[], EngineResult]]:
+                   allow_catalog_change: bool = False, student: Any = None,
+                   cascade: str | None = None) -> tuple[ScoringJob, Callable[[], EngineResult]]:
     """Open the log (any format) and load the searcher unless one was given."""
     from pipeline import config
     from pipeline.scoring.local import open_input, run_local
@@ -155,7 +163,8 @@ def _prepare_local(common: dict[str, Any], searcher: Scorer | None, index_dir: A
                                          catalog=catalog, backend=backend,
                                          precision=precision or config.DEFAULT_PRECISION,
                                          reranker_required=reranker_required, retrieval=retrieval,
-                                         allow_catalog_change=allow_catalog_change)
+                                         allow_catalog_change=allow_catalog_change, student=student,
+                                         cascade=cascade)
     job = _job(common, mode, searcher)
     return job, functools.partial(run_local, job, source, searcher, resume)
 

@@ -74,6 +74,7 @@ class ReloadRequest(BaseModel):
     index_dir: str | None = None
     reranker: str | None = None
     catalog: str | None = None
+    student: str | None = None
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

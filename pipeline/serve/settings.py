@@ -30,11 +30,21 @@ class Artefacts:
     catalog: Path | None = None
     #: Whether the reranker path was named by the user (then it must exist), as in `pipeline search`.
     reranker_required: bool = False
+    #: A distilled student and the ``--rerank-cascade`` spec that uses it (both or neither;
+    #: :class:`pipeline.search.CascadeSpec`). Kept with the paths because a cascade is only
+    #: meaningful for the pair of models it was chosen for.
+    student: Path | None = None
+    cascade: str | None = None
+
+    def __post_init__(self) -> None:
+        from pipeline.search import parse_cascade
+
+        parse_cascade(self.cascade)  # a bad spec is a one-line error before anything loads
 
     def with_overrides(self, overrides: dict[str, Any]) -> Artefacts:
         """A copy with the given paths replaced (a reranker named in a reload must exist)."""
         changes: dict[str, Any] = {}
-        for key in ("index_dir", "reranker", "catalog"):
+        for key in ("index_dir", "reranker", "catalog", "student"):
             if overrides.get(key):
                 changes[key] = Path(str(overrides[key]))
         if "reranker" in changes:
@@ -43,7 +53,8 @@ class Artefacts:
 
     def describe(self) -> dict[str, str | None]:
         return {"index_dir": str(self.index_dir), "reranker": None if self.reranker is None else str(self.reranker),
-                "catalog": None if self.catalog is None else str(self.catalog)}
+                "catalog": None if self.catalog is None else str(self.catalog),
+                **({"student": str(self.student), "cascade": self.cascade} if self.student is not None else {})}
 
 
 @dataclass(frozen=True)

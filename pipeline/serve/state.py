@@ -65,7 +65,8 @@ def load_searcher(artefacts: Artefacts, settings: ServeSettings) -> Loaded:
     started = time.perf_counter()
     searcher = TwoStageSearcher.load(artefacts.index_dir, artefacts.reranker, catalog=artefacts.catalog,
                                      backend=settings.backend, precision=settings.precision,
-                                     reranker_required=artefacts.reranker_required)
+                                     reranker_required=artefacts.reranker_required, student=artefacts.student,
+                                     cascade=artefacts.cascade)
     details = display_details(searcher.catalog)
     return Loaded(searcher, artefacts, details, load_seconds=round(time.perf_counter() - started, 3))
 
