@@ -10,8 +10,9 @@ queries happen to be scored alongside it. That is why :meth:`search_many` encode
 reranks each query on its own (padding and BLAS blocking would otherwise make the float
 results depend on the batch's composition). With int8 on ONNX Runtime, activations are
 quantised with one scale per batch, so the same pair scored among other candidates (e.g.
-``score_pairs`` of a subset) can differ by ~1e-4; for a given query and index, results are
-still identical run to run. A cascade keeps the contract: the student scores the query's
+``score_pairs`` of a subset, or a different ``candidates``) can differ by up to ~0.08 in
+probability, enough to reorder a top 10 (``benchmarks/microbatch.py`` measures it); for a
+given query, index and candidate count, results are still identical run to run. A cascade keeps the contract: the student scores the query's
 candidates, the teacher its own top M of them, both per query.
 
 **Cascade** (``--rerank-cascade small:N,full:M``, :class:`CascadeSpec`): a distilled
