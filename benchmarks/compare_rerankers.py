@@ -39,6 +39,7 @@ from pipeline.core.errors import DataError
 from pipeline.core.runtime import DEFAULT_SEED
 from pipeline.core.tasks import COUNT_COLUMNS, TASKS
 from pipeline.data import Dataset, load_dataset, qrels_dict
+from pipeline.fit import FULL
 
 #: Variant name -> the train_reranker settings that differ from the default reranker.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -268,10 +269,11 @@ def compare_rerankers(data_dir: str | os.PathLike[str] | None = None,
                       *, index_dir: str | os.PathLike[str] | None = None,
                       retriever_dir: str | os.PathLike[str] | None = None, retriever_steps: int = 200,
                       variants: Sequence[str] | None = None, seeds: int = 1, candidates: int = DEFAULT_CANDIDATES,
-                      epochs: int = 2,
+                      epochs: int = FULL.reranker_epochs,
                       max_length: int | None = None, batch_size: int = 32, learning_rate: float = 1e-4,
                       train_queries: int | None = None, valid_queries: int | None = None,
-                      test_queries: int | None = None, max_shown_per_query: int | None = 8, negatives: int = 3,
+                      test_queries: int | None = None, max_shown_per_query: int | None = FULL.reranker_max_shown,
+                      negatives: int = FULL.reranker_negatives,
                       int8: bool = True, propensity: bool = True, weights: dict[str, float] | None = None,
                       seed: int = DEFAULT_SEED, progress: bool = True) -> dict[str, Any]:
     """Train + evaluate every variant for ``seeds`` seeds (``seed``, ``seed+1``, …); write
@@ -279,7 +281,9 @@ def compare_rerankers(data_dir: str | os.PathLike[str] | None = None,
 
     The query subsets (``*_queries``: a seeded sample, all by default) and the retriever are
     the same for every variant and seed, so rows differ only by the model and its seed.
-    ``max_length`` ``None`` = the trainer's default.
+    ``max_length`` ``None`` = the trainer's default. The training defaults are the ``full``
+    fit budget's (:data:`pipeline.fit.FULL`, what `make demo` trains), so the table measures
+    the product's reranker.
     """
     from pipeline.blend import (examination_propensities, fit_fusion, retriever_candidates, retriever_encoder_dir,
                                 retriever_prior)
