@@ -243,6 +243,7 @@ def indexes_100k(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     return {"root": root, "vectors": vecs, "topics": topics, "queries": unit_vectors(60, 32, seed=1)}
 
 
+@pytest.mark.slow  # 100k vectors: ~20 s
 @pytest.mark.parametrize("index_type, layout, budget, min_recall", [
     ("flat", "random", None, 0.95), ("hnsw", "random", None, 0.95), ("hnsw", "random", 0, 0.95),
     ("flat", "topical", None, 0.95), ("hnsw", "topical", None, 0.95),

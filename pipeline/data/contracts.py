@@ -59,7 +59,7 @@ def product_text_fields(catalog: pd.DataFrame, fields: Sequence[str] = PRODUCT_T
     missing = next((f for f in fields if f not in catalog.columns and f not in PRODUCT_TEXT_FIELDS), None)
     if missing is not None:
         raise DataError(f"catalog: no column {missing!r} (named in the product text fields {','.join(fields)})")
-    parts = catalog.reindex(columns=list(fields)).fillna("").astype(str)
+    parts = catalog.reindex(columns=list(fields)).astype(object).fillna("").astype(str)
     return {field: parts[field].tolist() for field in fields}
 
 
