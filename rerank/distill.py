@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.artifacts import fingerprint_frame, read_manifest, writes_output
-from pipeline.core.errors import ArtifactError, DataError
+from pipeline.core.errors import ArtifactError
 from pipeline.core.runtime import DEFAULT_SEED, configure_training_threads, seed_everything
 from pipeline.core.text import recorded_text_fields
 from pipeline.data import Dataset
@@ -151,11 +151,10 @@ def distill_reranker(dataset: Dataset, teacher_dir: str | os.PathLike[str], out_
     """
     import torch
 
-    from rerank.data import build_eval_pairs, build_examples
     from rerank.fusion import fuse
     from rerank.losses import DistillationLoss
     from rerank.model import MultiTaskCrossEncoder
-    from rerank.train import TrainModule, example_rows, fit_module, pick_queries, require_training_data
+    from rerank.train import TrainModule, example_rows, fit_module, require_training_data, training_lists
 
     require_training_data(dataset, "distill-reranker")
     if Path(out_dir).resolve() == Path(teacher_dir).resolve():
@@ -171,18 +170,10 @@ def distill_reranker(dataset: Dataset, teacher_dir: str | os.PathLike[str], out_
                 "max_queries": _setting(max_queries, report_in, "train_queries", None),
                 "max_shown_per_query": _setting(max_shown_per_query, report_in, "max_shown_per_query", None),
                 "label_mode": report_in.get("label_mode") or "rate"}
-    train_q = pick_queries(dataset.split_queries("train"), settings["max_queries"], seed)
-    valid_q = pick_queries(dataset.split_queries("valid"), max_valid_queries, seed)
-    if not train_q:
-        raise DataError("queries: no rows with split == 'train'")
-    examples = build_examples(dataset.engagement, dataset.catalog, train_q, candidates=candidates,
-                              negatives=settings["negatives"], label_mode=settings["label_mode"], tasks=tasks,
-                              seed=seed, max_shown_per_query=settings["max_shown_per_query"],
-                              text_fields=text_fields)
-    valid_pairs = build_eval_pairs(dataset.engagement, dataset.catalog, valid_q, candidates=candidates,
-                                   text_fields=text_fields)
-    if valid_pairs.empty:
-        raise DataError("queries: no validation pairs (no split == 'valid' queries with engagement)")
+    examples, valid_pairs, n_train, n_valid = training_lists(
+        dataset, max_queries=settings["max_queries"], max_valid_queries=max_valid_queries, seed=seed,
+        candidates=candidates, text_fields=text_fields, negatives=settings["negatives"],
+        label_mode=settings["label_mode"], tasks=tasks, max_shown_per_query=settings["max_shown_per_query"])
 
     seed_everything(seed)
     threads = configure_training_threads()
@@ -222,7 +213,7 @@ def distill_reranker(dataset: Dataset, teacher_dir: str | os.PathLike[str], out_
         "loss_weights": {"list": list_weight, "mse": mse_weight, "engagement": engagement_weight,
                          "temperature": temperature},
         **settings, "seed": seed, "threads": threads, "epochs": epochs, "best_epoch": keep_best.best_epoch,
-        "train_queries": len(train_q), "valid_queries": len(valid_q), "train_examples": len(examples),
+        "train_queries": n_train, "valid_queries": n_valid, "train_examples": len(examples),
         "valid_pairs": len(valid_pairs), "steps": trainer.state.global_step, "train_seconds": round(seconds, 1),
         "agreement": round(query_agreement(valid_pairs["query"].tolist(), student_valid, valid_teacher), 4),
         "validation": best, "history": history,

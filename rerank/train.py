@@ -24,7 +24,7 @@ import copy
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -200,6 +200,37 @@ def pick_queries(queries: list[str], limit: int | None, seed: int) -> list[str]:
     return [queries[i] for i in sorted(rng.choice(len(queries), size=limit, replace=False))]
 
 
+class TrainingLists(NamedTuple):
+    """What a trainer learns from and validates on (:func:`training_lists`)."""
+
+    examples: Any
+    valid_pairs: Any
+    train_queries: int
+    valid_queries: int
+
+
+def training_lists(dataset: Dataset, *, max_queries: int | None, max_valid_queries: int | None, seed: int,
+                   candidates: Mapping[str, Sequence[str]] | None, text_fields: Sequence[str],
+                   **example_options: Any) -> TrainingLists:
+    """The query-grouped training examples and the validation pairs, drawn the one way every
+    trainer (the reranker, its distilled student) draws them: a seeded subsample of train and
+    valid queries, lists from :func:`rerank.data.build_examples` (``example_options``:
+    negatives, label mode, tasks, shown-row cap, examination), pairs from
+    :func:`rerank.data.build_eval_pairs`. Missing train or valid queries are one-line errors.
+    The query counts go into the trained model's report."""
+    train_q = pick_queries(dataset.split_queries("train"), max_queries, seed)
+    valid_q = pick_queries(dataset.split_queries("valid"), max_valid_queries, seed)
+    if not train_q:
+        raise DataError("queries: no rows with split == 'train'")
+    examples = build_examples(dataset.engagement, dataset.catalog, train_q, candidates=candidates, seed=seed,
+                              text_fields=text_fields, **example_options)
+    valid_pairs = build_eval_pairs(dataset.engagement, dataset.catalog, valid_q, candidates=candidates,
+                                   text_fields=text_fields)
+    if valid_pairs.empty:
+        raise DataError("queries: no validation pairs (no split == 'valid' queries with engagement)")
+    return TrainingLists(examples, valid_pairs, len(train_q), len(valid_q))
+
+
 def example_rows(examples: Any, tasks: Sequence[str]) -> list[dict[str, Any]]:
     """The trainer's rows (query, text, per-task labels, weight, group) from
     :func:`rerank.data.build_examples`' frame; callers add their own extra fields per row."""
@@ -296,19 +327,11 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
     tasks = list(tasks)
     HeadConfig(tasks=tasks, architecture=architecture, heads=heads, n_experts=n_experts,
                max_length=max_length).validate()  # fail before any data or weights are loaded
-    train_q = pick_queries(dataset.split_queries("train"), max_queries, seed)
-    valid_q = pick_queries(dataset.split_queries("valid"), max_valid_queries, seed)
-    if not train_q:
-        raise DataError("queries: no rows with split == 'train'")
-    examples = build_examples(dataset.engagement, dataset.catalog, train_q, candidates=candidates,
-                              negatives=negatives, label_mode=label_mode, tasks=tasks, seed=seed,
-                              max_shown_per_query=max_shown_per_query,
-                              examination=_examination(propensities) if debias == "ipw" else None,
-                              text_fields=text_fields)
-    valid_pairs = build_eval_pairs(dataset.engagement, dataset.catalog, valid_q, candidates=candidates,
-                                   text_fields=text_fields)
-    if valid_pairs.empty:
-        raise DataError("queries: no validation pairs (no split == 'valid' queries with engagement)")
+    examples, valid_pairs, n_train, n_valid = training_lists(
+        dataset, max_queries=max_queries, max_valid_queries=max_valid_queries, seed=seed, candidates=candidates,
+        text_fields=text_fields, negatives=negatives, label_mode=label_mode, tasks=tasks,
+        max_shown_per_query=max_shown_per_query,
+        examination=_examination(propensities) if debias == "ipw" else None)
 
     seed_everything(seed)
     threads = configure_training_threads()
@@ -345,7 +368,7 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
         "seed": seed, "threads": threads,
         "max_length": max_length, "negatives": negatives, "max_shown_per_query": max_shown_per_query,
         "epochs": epochs, "best_epoch": keep_best.best_epoch,
-        "train_queries": len(train_q), "valid_queries": len(valid_q), "train_examples": len(examples),
+        "train_queries": n_train, "valid_queries": n_valid, "train_examples": len(examples),
         "train_skipped_rows": int(((examples["source"] == "shown") & (examples["clicks"] == 0)).sum()),
         "valid_pairs": len(valid_pairs), "steps": trainer.state.global_step,
         "train_seconds": round(train_seconds, 1), "validation": best, "history": history,
