@@ -7,6 +7,7 @@ Thin: parse, call one library function (:func:`pipeline.blend.train_reranker_on_
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
@@ -79,7 +80,6 @@ def train_reranker_cmd(
 ) -> None:
     """Train the multi-task cross-encoder (click / add-to-cart / purchase) on engagement logs."""
     from pipeline.blend import train_reranker_on_index
-    from rerank.train import public_report
 
     dataset = _load(data, catalog, engagement, queries)
     try:
@@ -94,14 +94,8 @@ def train_reranker_cmd(
             text_fields=parse_fields(text_fields))
     except ValueError as exc:
         _bad(exc)
-    report = public_report(report)
-    info(f"saved reranker to {out}")
-    if json_out:
-        emit_json(report)
-        return
-    print_table([{"metric": k, "value": v} for k, v in report["validation"].items()],
-                title=f"validation (best epoch {report['best_epoch']})")
-    if "fusion" in report:
+    report = _show_trained(report, f"saved reranker to {out}", json_out, title="validation")
+    if not json_out and "fusion" in report:
         info(f"first-stage blend: retrieval weight {report['fusion']['retrieval_weight']:g} (fitted on valid)")
 
 
@@ -126,7 +120,6 @@ def distill_reranker_cmd(
     """Distil a trained reranker into a shallower student (same heads, same artefact format)
     for the first pass of a `--rerank-cascade`."""
     from pipeline.blend import distill_reranker_on_index
-    from rerank.train import public_report
 
     dataset = _load(data, catalog, engagement, queries)
     try:
@@ -136,14 +129,8 @@ def distill_reranker_cmd(
             engagement_weight=engagement_weight, seed=seed)
     except ValueError as exc:
         _bad(exc)
-    report = public_report(report)
-    info(f"saved {layers}-layer student of {teacher} to {out}")
-    if json_out:
-        emit_json(report)
-        return
-    print_table([{"metric": k, "value": v} for k, v in {"agreement_with_teacher": report["agreement"],
-                                                         **report["validation"]}.items()],
-                title=f"student validation (best epoch {report['best_epoch']})")
+    _show_trained(report, f"saved {layers}-layer student of {teacher} to {out}", json_out,
+                  title="student validation", first={"agreement_with_teacher": report["agreement"]})
 
 
 @app.command("adapt-lm")
@@ -216,3 +203,19 @@ def compare_rerankers_cmd(
     print_table(results["rows"], title=f"rerankers, {results['config']['queries']['test']} test queries", columns=experiment.COLUMNS)
     print_table([{"check": k, "value": v} for k, v in results["checks"].items()], title="acceptance")
     info(f"results: {results['results_file']}")
+
+
+def _show_trained(raw: Mapping[str, Any], saved: str, json_out: bool, *, title: str,
+                  first: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Report a trained model the one way both trainers do: the JSON-safe report on stdout
+    with --json, else the validation metrics of the kept epoch as a table."""
+    from rerank.train import public_report
+
+    report = public_report(raw)
+    info(saved)
+    if json_out:
+        emit_json(report)
+    else:
+        print_table([{"metric": k, "value": v} for k, v in {**(first or {}), **report["validation"]}.items()],
+                    title=f"{title} (best epoch {report['best_epoch']})")
+    return report
