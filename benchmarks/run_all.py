@@ -22,6 +22,8 @@ and assembles ``benchmarks/results.json`` from all of them plus the machine it r
   concatenated call (what a micro-batcher would do): pairs/s, latency, score differences.
 * ``cascade.py`` — the full reranker, its distilled 2-layer student and student→full
   cascades (M = 10, 20, 30) at 100 candidates: warm search p50/p99 and test nDCG@10.
+* ``search_profile.py`` — one warm two-stage search split by stage (query tokenise/encode,
+  FAISS, product text, rerank tokenise/ONNX run, fusion/blend, the rest) at 50 and 100 candidates.
 
     python benchmarks/run_all.py [--workdir DIR] [--quick] [--only search_speed,index_recall] [--assemble]
 
@@ -77,6 +79,7 @@ def commands(workdir: Path, quick: bool) -> dict[str, list[str]]:
     serve = [py, str(HERE / "serve_load.py"), "--workdir", str(workdir)]
     microbatch = [py, str(HERE / "microbatch.py"), "--workdir", str(workdir)]
     cascade = [py, str(HERE / "cascade.py"), "--workdir", str(workdir)]
+    profile = [py, str(HERE / "search_profile.py"), "--workdir", str(workdir)]
     if quick:
         speed += ["--products", "10000", "--queries", "20", "--log-rows", "60"]
         index += ["--sizes", "10000"]
@@ -87,8 +90,10 @@ def commands(workdir: Path, quick: bool) -> dict[str, list[str]]:
                   "--reload-seconds", "6"]
         microbatch += ["--reps", "2", "--concurrency", "1,4", "--threads", "server"]
         cascade += ["--repeats", "1"]
+        profile += ["--repeats", "1"]
     return {"search_speed": speed, "index_recall": index, "filter_recall": filters, "score_logs_memory": memory,
-            "encoding_quality": quality, "serve_load": serve, "microbatch": microbatch, "cascade": cascade}
+            "encoding_quality": quality, "serve_load": serve, "microbatch": microbatch, "cascade": cascade,
+            "search_profile": profile}
 
 
 def main() -> None:
