@@ -122,6 +122,35 @@ def retriever_encoder_dir(retriever: Any) -> Path | None:
     return path if path is not None and (path / "config.json").is_file() else None
 
 
+def _retriever(retriever: Any, index_dir: str | os.PathLike[str] | None) -> Any:
+    """The given retriever, else the one at ``index_dir``, else None (no first stage)."""
+    if retriever is None and index_dir is not None:
+        from retrieval.index import Retriever
+
+        retriever = Retriever.load(index_dir)
+    return retriever
+
+
+def training_candidates(dataset: Dataset, retriever: Any, candidates: int, command: str) -> dict[str, list[str]]:
+    """The retriever's top ``candidates`` for every train and valid query: the lists a reranker
+    (or its distilled student) samples negatives from and is validated on, so it learns on
+    what it will rerank. A dataset a reranker cannot train on is refused first, naming
+    ``command``."""
+    from rerank.train import require_training_data
+
+    require_training_data(dataset, command)
+    queries = dataset.split_queries("train") + dataset.split_queries("valid")
+    return retriever_candidates(retriever, queries, candidates)[0]
+
+
+def _record_fusion(report: dict[str, Any], dataset: Dataset, retriever: Any, out_dir: str | os.PathLike[str],
+                   candidates: int) -> None:
+    """Fit the trained model's first-stage blend on valid, save it in its manifest, and set it
+    on the in-memory model too, so that model blends like a reloaded one."""
+    report["fusion"] = fit_fusion(dataset, report["model"], retriever, reranker_dir=out_dir, candidates=candidates)
+    report["model"].manifest["fusion"] = report["fusion"]
+
+
 @writes_output("out_dir", "model folder")
 def train_reranker_on_index(dataset: Dataset, out_dir: str | os.PathLike[str], *,
                             index_dir: str | os.PathLike[str] | None = None, candidates: int = DEFAULT_CANDIDATES,
@@ -144,26 +173,19 @@ def train_reranker_on_index(dataset: Dataset, out_dir: str | os.PathLike[str], *
 
     if train_kwargs.get("debias") == "ipw" and train_kwargs.get("propensities") is None:
         train_kwargs["propensities"] = examination_propensities(dataset, positions)
-    if retriever is None and index_dir is not None:
-        from retrieval.index import Retriever
-
-        retriever = Retriever.load(index_dir)
+    retriever = _retriever(retriever, index_dir)
     if retriever is None:
         return train_reranker(dataset, out_dir, text_fields=text_fields or PRODUCT_TEXT_FIELDS, **train_kwargs)
     indexed = recorded_text_fields(getattr(retriever, "manifest", None))
     train_kwargs["text_fields"] = indexed if text_fields is None else require_same_text_fields(
         text_fields, "--text-fields", indexed, f"index {getattr(retriever, 'index_dir', index_dir)}")
-    if dataset.queries is None:
-        raise DataError("train-reranker needs a queries table with a split column (queries.parquet or --queries)")
+    cand_ids = training_candidates(dataset, retriever, candidates, "train-reranker")
     if encoder_from_retriever and train_kwargs.get("encoder") is None:
         train_kwargs["encoder"] = retriever_encoder_dir(retriever)
-    queries = dataset.split_queries("train") + dataset.split_queries("valid")
-    cand_ids, _ = retriever_candidates(retriever, queries, candidates)
     if train_kwargs.get("prior_weight"):
         train_kwargs["prior"] = retriever_prior(retriever, dataset.catalog)
     report = train_reranker(dataset, out_dir, candidates=cand_ids, **train_kwargs)
-    report["fusion"] = fit_fusion(dataset, report["model"], retriever, reranker_dir=out_dir, candidates=candidates)
-    report["model"].manifest["fusion"] = report["fusion"]  # the in-memory model blends like a reloaded one
+    _record_fusion(report, dataset, retriever, out_dir, candidates)
     return report
 
 
@@ -186,20 +208,11 @@ def distill_reranker_on_index(dataset: Dataset, teacher_dir: str | os.PathLike[s
 
     student_layers(teacher_depth(teacher_dir), distill_kwargs.get("layers", 2),
                    distill_kwargs.get("layer_choice", "spread"))  # bad input fails before the index loads
-    if retriever is None and index_dir is not None:
-        from retrieval.index import Retriever
-
-        retriever = Retriever.load(index_dir)
-    cand_ids = None
-    if retriever is not None:
-        if dataset.queries is None:
-            raise DataError("distill-reranker needs a queries table with a split column (queries.parquet or --queries)")
-        queries = dataset.split_queries("train") + dataset.split_queries("valid")
-        cand_ids, _ = retriever_candidates(retriever, queries, candidates)
+    retriever = _retriever(retriever, index_dir)
+    cand_ids = None if retriever is None else training_candidates(dataset, retriever, candidates, "distill-reranker")
     report = distill_reranker(dataset, teacher_dir, out_dir, candidates=cand_ids, **distill_kwargs)
     if retriever is not None:
-        report["fusion"] = fit_fusion(dataset, report["model"], retriever, reranker_dir=out_dir, candidates=candidates)
-        report["model"].manifest["fusion"] = report["fusion"]
+        _record_fusion(report, dataset, retriever, out_dir, candidates)
     if export:
         from pipeline.export import export_onnx
 
@@ -208,4 +221,4 @@ def distill_reranker_on_index(dataset: Dataset, teacher_dir: str | os.PathLike[s
 
 
 __all__ = ["distill_reranker_on_index", "fit_fusion", "retriever_candidates", "retriever_prior",
-           "train_reranker_on_index"]
+           "train_reranker_on_index", "training_candidates"]
