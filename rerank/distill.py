@@ -197,9 +197,7 @@ def distill_reranker(dataset: Dataset, teacher_dir: str | os.PathLike[str], out_
     student.eval()
     student_valid = fuse(student.predict(valid_pairs["query"].tolist(), valid_pairs["text"].tolist(),
                                          batch_size=eval_batch_size), tasks)
-    history = [{k.removeprefix("eval_"): v for k, v in h.items()} for h in keep_best.history]
-    best = next((h for h in history if h.get("epoch") == round(keep_best.best_epoch or -1, 3)),
-                history[-1] if history else {})
+    history, best = keep_best.validation_history(), keep_best.best_metrics()
     teacher_ref = {"id": manifest.get("id"), "path": str(teacher_dir)}
     base = (manifest.get("inputs") or {}).get("base_encoder") or {}
     student.base_encoder = {**base, "distilled_from": teacher_ref, "layers": keep}

@@ -169,6 +169,16 @@ class KeepBestCallback(TrainerCallback):
         if self.best_state is not None and model is not None:
             model.load_state_dict(self.best_state)
 
+    def validation_history(self) -> list[dict[str, float]]:
+        """Every evaluation's metrics, named without the Trainer's ``eval_`` prefix."""
+        return [{k.removeprefix("eval_"): v for k, v in h.items()} for h in self.history]
+
+    def best_metrics(self) -> dict[str, float]:
+        """The kept epoch's metrics (the last evaluation's when no epoch was kept)."""
+        history = self.validation_history()
+        return next((h for h in history if h.get("epoch") == round(self.best_epoch or -1, 3)),
+                    history[-1] if history else {})
+
 
 def require_training_data(dataset: Dataset, command: str = "train-reranker") -> None:
     """Refuse, in one line naming ``command``, a dataset a reranker cannot be trained on: the
@@ -356,8 +366,7 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
         learning_rate=learning_rate, head_learning_rate=head_learning_rate, eval_batch_size=eval_batch_size,
         progress=progress)
     model.eval()
-    history = [{k.removeprefix("eval_"): v for k, v in h.items()} for h in keep_best.history]
-    best = next((h for h in history if h.get("epoch") == round(keep_best.best_epoch or -1, 3)), history[-1] if history else {})
+    history, best = keep_best.validation_history(), keep_best.best_metrics()
     data_fp = fingerprint_frame(examples, ["query", "product_id", "source"] + label_cols + ["weight"])
     report: dict[str, Any] = {
         "out_dir": str(out_dir), "tasks": tasks, "architecture": architecture, "heads": heads,
