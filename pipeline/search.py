@@ -12,8 +12,9 @@ results depend on the batch's composition). With int8 on ONNX Runtime, activatio
 quantised with one scale per batch, so the same pair scored among other candidates (e.g.
 ``score_pairs`` of a subset, or a different ``candidates``) can differ by up to ~0.08 in
 probability, enough to reorder a top 10 (``benchmarks/microbatch.py`` measures it); for a
-given query, index and candidate count, results are still identical run to run. A cascade keeps the contract: the student scores the query's
-candidates, the teacher its own top M of them, both per query.
+given query, index and candidate count, results are still identical run to run. A cascade
+keeps the contract: the student scores the query's candidates, the teacher its own top M of
+them, both per query.
 
 **Cascade** (``--rerank-cascade small:N,full:M``, :class:`CascadeSpec`): a distilled
 student (:mod:`rerank.distill`) scores all N retrieved candidates; the full reranker (the
@@ -258,20 +259,20 @@ class TwoStageSearcher:
         from retrieval.hybrid import check_mode
 
         self.retrieval = check_mode(retrieval)
-        if retrieval != "dense" and not getattr(retriever, "has_lexical", False):
-            raise ArtifactError(f"{getattr(retriever, 'index_dir', 'the index')}: no lexical index for --retrieval "
-                                f"{retrieval}; rebuild it with `pipeline build-index --lexical`")
+        require_lexical(retrieval, getattr(retriever, "has_lexical", False),
+                        getattr(retriever, "index_dir", "the index"))
         self._selections: dict[tuple[Any, ...], Any] = {}
         self.retriever = retriever
         self.reranker = reranker
         self.student = student
         self.cascade = check_cascade(parse_cascade(cascade), reranker, student)
-        self.retrieval_weight = (float(retrieval_weight) if retrieval_weight is not None
-                                 else manifest_weight(getattr(reranker, "manifest", None)) if reranker is not None
-                                 else 0.0)
-        self.student_retrieval_weight = (float(retrieval_weight) if retrieval_weight is not None
-                                         else manifest_weight(getattr(student, "manifest", None))
-                                         if student is not None else 0.0)
+        def weight_of(model: Any | None) -> float:
+            if retrieval_weight is not None:
+                return float(retrieval_weight)
+            return manifest_weight(getattr(model, "manifest", None)) if model is not None else 0.0
+
+        self.retrieval_weight = weight_of(reranker)
+        self.student_retrieval_weight = weight_of(student)
         if not 0.0 <= self.retrieval_weight <= 1.0:
             raise ShoprankError(f"retrieval weight must lie in [0, 1], got {self.retrieval_weight}")
         self.backend = "torch" if getattr(reranker or student or retriever.encoder, "needs_torch", True) else "onnx"
@@ -353,7 +354,7 @@ class TwoStageSearcher:
         from rerank.loading import load_reranker
         from retrieval.encoders import choose_backend as retriever_backend
         from retrieval.encoders import load_encoder
-        from retrieval.index import INDEX_KIND, Retriever
+        from retrieval.index import INDEX_KIND, LEXICAL_KEY, Retriever
 
         from retrieval.hybrid import check_mode
 
@@ -372,9 +373,7 @@ class TwoStageSearcher:
                 f"{index_path}: no index here; build one with `pipeline build-index` or run `pipeline demo`"
             )
         index_manifest = read_manifest(index_path, kind=INDEX_KIND)
-        if retrieval != "dense" and "lexical" not in index_manifest:
-            raise ArtifactError(f"{index_path}: no lexical index for --retrieval {retrieval}; rebuild it with "
-                                "`pipeline build-index --lexical`")
+        require_lexical(retrieval, isinstance(index_manifest.get(LEXICAL_KEY), dict), index_path)
         model_path = Path(str(index_manifest.get("model_path") or ""))
         rpath = Path(reranker) if reranker is not None else None
         has_reranker = rpath is not None and (rpath / "manifest.json").is_file()
@@ -598,6 +597,13 @@ class TwoStageSearcher:
         return [SearchHit(None, pid, self.title(pid), float("nan"),
                           {t: float(probs[i, j]) for j, t in enumerate(self.tasks)}, float(fused[i]))
                 for i, pid in enumerate(product_ids)]
+
+
+def require_lexical(retrieval: str, has_lexical: bool, index: Any) -> None:
+    """Refuse lexical or hybrid retrieval on an index built without its lexical side, in one line."""
+    if retrieval != "dense" and not has_lexical:
+        raise ArtifactError(f"{index}: no lexical index for --retrieval {retrieval}; rebuild it with "
+                            "`pipeline build-index --lexical`")
 
 
 def check_cascade(cascade: CascadeSpec | None, reranker: Any | None, student: Any | None) -> CascadeSpec | None:
