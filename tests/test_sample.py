@@ -195,3 +195,18 @@ def test_position_log_adds_up_to_the_engagement(world) -> None:
     mean_pos = (pos["position"] * pos["impressions"]).groupby([pos["query"], pos["product_id"]]).sum() / per_pair["impressions"]
     assert np.allclose(mean_pos.sort_index().to_numpy(),
                        world.engagement.set_index(["query", "product_id"])["position"].sort_index().to_numpy(), atol=1e-3)
+
+
+def test_judged_irrelevants_are_lookalikes_the_shop_showed(world) -> None:
+    """Like ESCI's pools, most judged irrelevant products share a query word (so a lexical
+    production ranker shows them), and the log holds shown-and-skipped irrelevant products."""
+    from pipeline.data import product_text
+
+    text = dict(zip(world.catalog["product_id"], product_text(world.catalog)))
+    zero = world.qrels[world.qrels["relevance"] == 0]
+    shares = [bool(content_words(q) & content_words(text[p])) for q, p in zip(zero["query"], zero["product_id"])]
+    assert np.mean(shares) > 0.2
+    shown = world.engagement.merge(zero, on=["query", "product_id"])
+    assert shown["impressions"].sum() / world.engagement["impressions"].sum() > 0.05
+    assert shown["clicks"].sum() / shown["impressions"].sum() < 0.02
+    assert 0.05 < sample_stats(world)["irrelevant_impression_share"] < 0.2

@@ -22,7 +22,10 @@ How the ranking problems of real shops are posed (vocabulary in :mod:`pipeline.w
   the right type with a constraint missed, or a close type with every constraint met;
   complement (1) = an accessory, a companion product, or a close type that misses;
   irrelevant (0). The judged pool holds the exact, substitute and complement products
-  (capped) plus sampled irrelevant ones, as ESCI's pools do.
+  (capped) plus irrelevant ones. As in ESCI, whose pools are what a production search
+  returned, most judged irrelevants are **look-alikes**: products sharing the query's words
+  (a colour, a material, a brand, the noun of another category) but of the wrong kind, so
+  the simulated production ranker shows them and users skip them. The rest are random.
 * The split is by query *text* into train/valid/test, plus an ``unseen`` split: the queries
   about held-out product types and categories, never asked in train or valid. It stands in
   for a user's own shop.
@@ -41,7 +44,8 @@ import pandas as pd
 
 from pipeline.world import vocab as V
 from pipeline.config import POSITIONS_FILE
-from pipeline.data import SPLIT_SHARES, write_parquet
+from pipeline.data import SPLIT_SHARES, product_text, write_parquet
+from pipeline.core.text import content_words
 from pipeline.world.simulate import UserModel, examination_propensity, funnel_rates, simulate_engagement
 from pipeline.core.runtime import DEFAULT_SEED
 
@@ -57,6 +61,9 @@ ACCESSORY_SHARE = 0.25
 # Judged pool caps per query (keeps qrels bounded for very large catalogs).
 POOL_CAPS = {3: 500, 2: 300, 1: 100}
 NEGATIVES_PER_QUERY = 40
+# Of those, at most this many are look-alikes (irrelevant products sharing the most query
+# words); random irrelevant products fill the rest.
+LOOKALIKES_PER_QUERY = 25
 PRICE_STEPS = (10, 15, 20, 25, 30, 40, 50, 60, 75, 100, 120, 150, 200, 250, 300, 400, 500, 600, 800, 1000, 1200, 1500)
 
 
@@ -417,10 +424,48 @@ def grade_products(q: dict, index: dict[str, np.ndarray], close: list[np.ndarray
     return grade
 
 
+class _WordIndex:
+    """Which products contain which content words (expanded like the production ranker's
+    synonym table), to find each query's lexical look-alikes without a quadratic scan."""
+
+    def __init__(self, catalog: pd.DataFrame, synonyms: dict[str, tuple[str, ...]]) -> None:
+        postings: dict[str, list[int]] = {}
+        for row, text in enumerate(product_text(catalog)):
+            for word in content_words(text):
+                postings.setdefault(word, []).append(row)
+        self.postings = {w: np.asarray(rows, np.int64) for w, rows in postings.items()}
+        self.synonyms = synonyms
+        self.n = len(catalog)
+
+    def overlap(self, query: str) -> np.ndarray:
+        """Per product, how many of the query's content words (or their synonyms) it holds."""
+        counts = np.zeros(self.n, np.int64)
+        for word in content_words(query):
+            rows = [self.postings.get(w) for w in (word, *self.synonyms.get(word, ()))]
+            rows = [r for r in rows if r is not None]
+            if rows:
+                counts[np.unique(np.concatenate(rows))] += 1
+        return counts
+
+
+def _irrelevant_pool(grade: np.ndarray, overlap: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Judged irrelevant products of one query: the look-alikes sharing the most query words
+    (ties broken at random), then random irrelevant products up to the per-query count."""
+    zero = np.flatnonzero(grade == 0)
+    alike = zero[overlap[zero] > 0]
+    order = np.lexsort((rng.random(len(alike)), -overlap[alike]))
+    alike = alike[order[:LOOKALIKES_PER_QUERY]]
+    rest = np.setdiff1d(zero, alike)
+    fill = rng.choice(rest, min(NEGATIVES_PER_QUERY - len(alike), len(rest)), replace=False)
+    return np.sort(np.concatenate([alike, fill]))
+
+
 def generate_qrels(queries: pd.DataFrame, catalog: pd.DataFrame, index: dict[str, np.ndarray],
                    rng: np.random.Generator, relations: tuple[list[np.ndarray], list[np.ndarray]]) -> pd.DataFrame:
-    """Judged pool per query: exact, substitute and complement products (capped) and sampled negatives."""
+    """Judged pool per query: exact, substitute and complement products (capped), look-alike
+    irrelevant products and random irrelevant ones."""
     ids = catalog["product_id"].to_numpy()
+    words = _WordIndex(catalog, V.production_synonyms())
     q_parts, p_parts, g_parts = [], [], []
     for q in queries.to_dict("records"):
         grade = grade_products(q, index, *relations)
@@ -430,8 +475,7 @@ def generate_qrels(queries: pd.DataFrame, catalog: pd.DataFrame, index: dict[str
             if len(idx) > cap:
                 idx = np.sort(rng.choice(idx, cap, replace=False))
             chosen.append(idx)
-        zero = np.flatnonzero(grade == 0)
-        chosen.append(np.sort(rng.choice(zero, min(NEGATIVES_PER_QUERY, len(zero)), replace=False)))
+        chosen.append(_irrelevant_pool(grade, words.overlap(q["query"]), rng))
         sel = np.concatenate(chosen)
         q_parts.append(np.full(len(sel), q["query"], dtype=object))
         p_parts.append(ids[sel])
@@ -485,6 +529,14 @@ def _per_query(qrels: pd.DataFrame, queries: pd.Series, grade: int) -> pd.Series
     return qrels[qrels["relevance"] == grade].groupby("query").size().reindex(queries).fillna(0)
 
 
+def _irrelevant_impression_share(world: SampleWorld) -> float:
+    """Share of logged impressions on judged-irrelevant products: how much of what the shop
+    showed its users was wrong (real logs are far from all relevant)."""
+    shown = world.engagement.merge(world.qrels, on=["query", "product_id"], how="left")
+    total = float(shown["impressions"].sum()) or 1.0
+    return float(shown.loc[shown["relevance"].fillna(0) == 0, "impressions"].sum() / total)
+
+
 def sample_stats(world: SampleWorld) -> dict:
     """Statistics reported in the README and by the CLI."""
     from pipeline.data import vocabulary_mismatch_queries
@@ -512,6 +564,7 @@ def sample_stats(world: SampleWorld) -> dict:
         "mismatch_share": len(mismatch) / max(1, len(q)),
         **{k: float(v) for k, v in world.extra_stats.items()},
         "engagement_rows": int(len(world.engagement)),
+        "irrelevant_impression_share": _irrelevant_impression_share(world),
         **funnel_rates(world.engagement),
     })
     by_intent = q.assign(mm=q["query"].isin(mismatch)).groupby("intent")["mm"].agg(["size", "mean"])
