@@ -15,6 +15,7 @@ import typer
 
 from rerank import DEFAULT_MAX_LENGTH
 
+from pipeline.fit import FULL
 from pipeline.cli._app import app, emit_json, info, parse_fields, print_table, text_fields_option
 from pipeline.config import (DEFAULT_CANDIDATES, DEFAULT_DATA_DIR, DEFAULT_DOMAIN_BERT_DIR, DEFAULT_RERANKER_DIR,
                              DEFAULT_RUNS_DIR, DEFAULT_SEED, POSITIONS_FILE)
@@ -65,9 +66,9 @@ def train_reranker_cmd(
     epochs: int = typer.Option(2, "--epochs", min=1),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     max_length: int = typer.Option(DEFAULT_MAX_LENGTH, "--max-length", min=8, help="Max tokens per (query, product) pair."),
-    negatives: int = typer.Option(4, "--negatives", min=0, help="Sampled negatives per query."),
+    negatives: int = typer.Option(FULL.reranker_negatives, "--negatives", min=0, help="Never-shown retriever candidates sampled per query as zero-engagement rows."),
     max_queries: Optional[int] = typer.Option(None, "--max-queries", min=1, help="Subsample train queries (speed)."),
-    max_shown: Optional[int] = typer.Option(None, "--max-shown", min=1, help="Shown rows per query (at most half engaged, the rest skipped)."),
+    max_shown: Optional[int] = typer.Option(FULL.reranker_max_shown, "--max-shown", min=1, help="Shown rows per query (at most half engaged, the rest skipped)."),
     objective: str = typer.Option("both", "--objective", help="pointwise (funnel BCE) | listwise (ListNet per query) | both."),
     debias: str = typer.Option("none", "--debias", help="none | ipw (labels per examined impression, position bias fitted from the logs) | pal (a position tower learned in training, dropped at serving)."),
     positions: Optional[Path] = typer.Option(None, "--positions", help="Per-position impression log for --debias ipw (default: positions.parquet in --data, else the engagement's mean positions)."),
