@@ -127,7 +127,13 @@ def test_onnx_searcher_ranks_like_torch(exported: Path) -> None:
     for query in QUERIES:
         a, b = onnx.search(query, k=5, candidates=20), torch_.search(query, k=5, candidates=20)
         assert [h.product_id for h in a] == [h.product_id for h in b]
-        assert np.allclose([h.score for h in a], [h.score for h in b], atol=1e-5)
+        for x, y in zip(a, b):
+            assert x.probs.keys() == y.probs.keys()
+            assert np.allclose(list(x.probs.values()), list(y.probs.values()), atol=1e-5)
+            assert abs(x.retrieval_score - y.retrieval_score) < 1e-5
+        # The served score z-scores each query's candidates, dividing by their spread, which
+        # magnifies fp32 kernel differences; the probabilities above are the tight check.
+        assert np.allclose([h.score for h in a], [h.score for h in b], atol=1e-4)
 
 
 def test_cold_cli_search_does_not_import_torch(exported: Path) -> None:
