@@ -138,10 +138,22 @@ class OnnxBiEncoder:
         return {"model_id": self.model_id, "model_path": str(self.path), "model_name": self.name, "dim": self.dim,
                 "encoded_with": f"onnx-{self.precision}"}
 
-    def _encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+    def _encode(self, texts: Sequence[str], batch_size: int, progress: str | None = None) -> np.ndarray:
+        """Vectors in length-sorted batches over the whole list.
+
+        The batches are the same with and without a progress bar, because a dynamically
+        quantised int8 model scales each call's activations by its batch, so other
+        batch-mates would give slightly different vectors (and another index).
+        """
         texts = [str(t) for t in texts]
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for idx in length_sorted_batches([len(t) for t in texts], batch_size):
+        batches = list(length_sorted_batches([len(t) for t in texts], batch_size))
+        if progress is not None and len(batches) > 1:
+            from rich.console import Console
+            from rich.progress import track
+
+            batches = track(batches, description=progress, console=Console(stderr=True))  # stdout may be JSON
+        for idx in batches:
             out[idx] = run_session(self.session, self.tokenizer([texts[i] for i in idx]))
         return out
 
@@ -151,16 +163,7 @@ class OnnxBiEncoder:
 
     def encode_products(self, texts: Sequence[str], batch_size: int = 64, show_progress: bool = True) -> np.ndarray:
         """Unit product vectors (n, dim) float32 (no cache: catalogs are encoded once)."""
-        if not show_progress or len(texts) <= batch_size:
-            return self._encode(texts, batch_size)
-        from rich.console import Console
-        from rich.progress import track
-
-        chunk = batch_size * 16
-        parts = [self._encode(texts[s:s + chunk], batch_size)  # progress on stderr: stdout may be JSON
-                 for s in track(range(0, len(texts), chunk), description="encoding (onnx)",
-                                console=Console(stderr=True))]
-        return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
+        return self._encode(texts, batch_size, "encoding (onnx)" if show_progress else None)
 
     def encode_catalog(self, catalog: Any, batch_size: int = 64, show_progress: bool = True,
                        fields: Sequence[str] = PRODUCT_TEXT_FIELDS) -> np.ndarray:

@@ -64,6 +64,20 @@ def test_bi_encoder_export_matches_torch(exported: Path) -> None:
     assert cos.min() > 0.97, cos.min()
 
 
+def test_int8_product_vectors_do_not_depend_on_the_progress_bar(exported: Path) -> None:
+    """Dynamic int8 scales activations per call, so the batches must not change with the bar
+    (they did: a progress bar chunked the catalog, and `make demo` built another index)."""
+    from retrieval.encoder import BiEncoder
+    from retrieval.onnx_encoder import OnnxBiEncoder
+
+    texts = (_catalog_texts(exported) * 4)[:300]
+    int8 = OnnxBiEncoder.load(exported / "models/retriever", BiEncoder.load(exported / "models/retriever").model_id,
+                              precision="int8")
+    quiet = int8.encode_products(texts, batch_size=8, show_progress=False)
+    shown = int8.encode_products(texts, batch_size=8, show_progress=True)
+    assert np.array_equal(quiet, shown)
+
+
 def test_query_cache_returns_same_vectors_and_counts_hits(exported: Path) -> None:
     from retrieval.encoder import BiEncoder
     from retrieval.onnx_encoder import OnnxBiEncoder
