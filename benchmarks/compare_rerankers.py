@@ -121,12 +121,35 @@ def within_query_auc(queries: Sequence[str], labels: np.ndarray, scores: np.ndar
     return float(np.mean(values)) if values else float("nan")
 
 
+def within_query_examined_auc(queries: Sequence[str], counts: np.ndarray, examinations: np.ndarray,
+                              scores: np.ndarray) -> float:
+    """Mean over queries of :func:`pipeline.core.metrics.examined_auc` among that query's
+    shown products: engaged against examined-but-skipped impressions.
+
+    Why next to :func:`within_query_auc`: its label, "engaged at least once", is decided by
+    how often and how high the logging ranker showed a product about as much as by the
+    product, so a score that copies exposure wins it. This one compares what users did with
+    the products they actually looked at (impressions weighted by the propensities fitted on
+    the train queries' per-position log). Rows without a known examination count are left out.
+    """
+    from pipeline.core import metrics
+    from rerank.fusion import rows_by_query
+
+    values = []
+    for idx in rows_by_query(queries).values():
+        idx = [i for i in idx if np.isfinite(examinations[i])]
+        if idx:
+            values.append(metrics.examined_auc(counts[idx], examinations[idx], scores[idx]))
+    values = [v for v in values if not np.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
 class _Split:
     """One evaluation split, fixed across variants: candidate pairs with their retrieval
     scores and engagement counts, the shown products with their retrieval scores, qrels."""
 
     def __init__(self, dataset: Dataset, retriever: Any, queries: Sequence[str], candidates: int,
-                 qrels: Mapping[str, Mapping[str, int]]) -> None:
+                 qrels: Mapping[str, Mapping[str, int]], examinations: Mapping[Any, float] | None = None) -> None:
         from pipeline.blend import retriever_prior
         from rerank.data import build_eval_pairs, text_lookup
 
@@ -144,7 +167,10 @@ class _Split:
         self.shown_queries = shown["query"].astype(str).tolist()
         shown_ids = shown["product_id"].astype(str).tolist()
         self.shown_texts = [texts[p] for p in shown_ids]
-        self.shown_labels = {t: shown[COUNT_COLUMNS[t]].to_numpy() > 0 for t in TASKS}
+        self.shown_counts = {t: shown[COUNT_COLUMNS[t]].to_numpy(dtype=np.float64) for t in TASKS}
+        self.shown_labels = {t: c > 0 for t, c in self.shown_counts.items()}
+        self.shown_exams = (np.array([float(examinations.get((q, p), np.nan)) for q, p in zip(self.shown_queries, shown_ids)])
+                            if examinations is not None else None)
         self.shown_retrieval = retriever_prior(retriever, dataset.catalog)(self.shown_queries, shown_ids)
 
     def per_query(self, score: np.ndarray) -> dict[str, float]:
@@ -163,7 +189,17 @@ class _Split:
         for task in TASKS:
             row[f"{task}_wq_auc"] = within_query_auc(self.shown_queries, self.shown_labels[task], self.shown_retrieval)
             row[f"served_{task}_wq_auc"] = row[f"{task}_wq_auc"]
+            row.update(self._examined(task, self.shown_retrieval, self.shown_retrieval))
         return row
+
+    def _examined(self, task: str, score: np.ndarray, served: np.ndarray) -> dict[str, float]:
+        """Within-query examined-impression AUCs of a task's score and of the served score
+        (nothing without a per-position log)."""
+        if self.shown_exams is None:
+            return {}
+        auc = lambda s: within_query_examined_auc(self.shown_queries, self.shown_counts[task],  # noqa: E731
+                                                 self.shown_exams, s)
+        return {f"{task}_exam_auc": auc(score), f"served_{task}_exam_auc": auc(served)}
 
     def model_row(self, model: Any, retrieval_weight: float, weights: Mapping[str, float] | None) -> dict[str, Any]:
         """The served (blended) order's metrics, the model's own order's, and within-query AUCs."""
@@ -185,6 +221,7 @@ class _Split:
             score = shown[:, tasks.index(task)] if task in tasks else shown_own
             row[f"{task}_wq_auc"] = within_query_auc(self.shown_queries, self.shown_labels[task], score)
             row[f"served_{task}_wq_auc"] = within_query_auc(self.shown_queries, self.shown_labels[task], shown_served)
+            row.update(self._examined(task, score, shown_served))
         return row
 
 
@@ -251,11 +288,10 @@ def acceptance(rows: Sequence[Mapping[str, Any]], retrieval: Mapping[str, Any]) 
     checks["default_gain_ge_0.03"] = bool(default.get("diff", -1) >= 0.03)
     checks["default_gain_ci_above_0"] = bool(default.get("diff_ci_low", -1) > 0)
     for task in TASKS:  # the task head's own probability, then the served (blended) score
-        checks[f"{task}_wq_auc_above_retrieval"] = bool(
-            default[f"{task}_wq_auc"] > retrieval["test"][f"{task}_wq_auc"])
-        if f"served_{task}_wq_auc" in default:
-            checks[f"served_{task}_wq_auc_above_retrieval"] = bool(
-                default[f"served_{task}_wq_auc"] > retrieval["test"][f"{task}_wq_auc"])
+        for key in (f"{task}_wq_auc", f"served_{task}_wq_auc", f"{task}_exam_auc", f"served_{task}_exam_auc"):
+            base = retrieval["test"].get(key.removeprefix("served_"))
+            if key in default and base is not None:
+                checks[f"{key}_above_retrieval"] = bool(default[key] > base)
     if "single_purchase" in by:
         checks["mmoe_purchase_ndcg_ge_single_purchase"] = bool(
             default["purchase_ndcg@10"] >= by["single_purchase"]["purchase_ndcg@10"])
@@ -307,7 +343,10 @@ def compare_rerankers(data_dir: str | os.PathLike[str] | None = None,
     chosen = {split: pick_queries(dataset.split_queries(split), limit, seed) for split, limit in limits.items()}
     small = _reduced(dataset, {q for split in ("train", "valid") for q in chosen[split]})
     qrels = qrels_dict(dataset.qrels)
-    splits = {s: _Split(dataset, retriever, chosen[s], candidates, qrels) for s in _EVAL_SPLITS if chosen[s]}
+    positions = Path(data_dir or DEFAULT_DATA_DIR) / POSITIONS_FILE
+    positions = positions if positions.is_file() else None
+    exams = _examinations(positions, chosen["train"]) if positions is not None else None
+    splits = {s: _Split(dataset, retriever, chosen[s], candidates, qrels, exams) for s in _EVAL_SPLITS if chosen[s]}
     retrieval = {s: split.retrieval_row() for s, split in splits.items()}
     cand_ids, _ = retriever_candidates(retriever, chosen["train"] + chosen["valid"], candidates)
     retriever_encoder = retriever_encoder_dir(retriever)
@@ -316,8 +355,6 @@ def compare_rerankers(data_dir: str | os.PathLike[str] | None = None,
               "learning_rate": learning_rate, "max_shown_per_query": max_shown_per_query, "negatives": negatives,
               "queries": {s: len(q) for s, q in chosen.items()}, "fusion_weights": weights, **retr_info}
     extra: dict[str, Any] = {}
-    positions = Path(data_dir or DEFAULT_DATA_DIR) / POSITIONS_FILE
-    positions = positions if positions.is_file() else None
     if propensity and positions is not None:
         from pipeline.world.simulate import propensity_report
 
@@ -354,6 +391,17 @@ def compare_rerankers(data_dir: str | os.PathLike[str] | None = None,
     results = _write(work, raw, retrieval, config, extra, started, partial=False)
     results["results_file"] = str(work / "results.json")
     return results
+
+
+def _examinations(positions: Path, train_queries: Sequence[str]) -> Any:
+    """Expected examinations per shown (query, product), under propensities fitted on the
+    train queries' rows of the per-position log (the evaluated queries' clicks stay out)."""
+    from pipeline.data import load_position_log
+    from rerank.propensity import estimate_propensities, expected_examinations
+
+    log = load_position_log(positions)
+    theta = estimate_propensities(log[log["query"].isin(set(train_queries))]).theta
+    return expected_examinations(log, theta)
 
 
 def _expected_report(spec: Mapping[str, Any], seed: int, epochs: int, max_length: int | None, negatives: int,

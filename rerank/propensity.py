@@ -300,6 +300,22 @@ def ipw_weights(positions: np.ndarray | pd.Series | list[float],
     return np.where(np.isfinite(pos), weights, 1.0)
 
 
+def expected_examinations(log: pd.DataFrame, propensities: PropensityEstimate | np.ndarray) -> pd.Series:
+    """Expected number of times each (query, product) was looked at: its impressions at each
+    position times that position's examination propensity, summed over positions.
+
+    ``log`` is a per-position impression log (query, product_id, position, impressions). Why
+    per position and not impressions * theta(mean position): theta is convex in position, so
+    a product shown at positions 1 and 19 was examined far more than one shown twice at 10.
+    Positions past the estimated curve take its last value (``ipw_weights`` without the clip).
+    Returns a Series indexed by (query, product_id).
+    """
+    weights = ipw_weights(log["position"].to_numpy(dtype=np.float64), propensities, clip=np.inf)
+    frame = pd.DataFrame({"query": log["query"].astype(str), "product_id": log["product_id"].astype(str),
+                          "examined": log["impressions"].to_numpy(dtype=np.float64) / weights})
+    return frame.groupby(["query", "product_id"], sort=False)["examined"].sum()
+
+
 def compare_to_truth(estimate: PropensityEstimate, truth: Callable[[np.ndarray], np.ndarray],
                      positions: int = 10) -> pd.DataFrame:
     """Relative error of the estimate against known propensities for positions 1..``positions``.

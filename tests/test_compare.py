@@ -12,6 +12,7 @@ from pipeline.cli.experiments import load_experiment
 
 _experiment = load_experiment("compare_rerankers")
 acceptance, summarise, within_query_auc = _experiment.acceptance, _experiment.summarise, _experiment.within_query_auc
+within_query_examined_auc = _experiment.within_query_examined_auc
 
 
 def test_within_query_auc_ignores_between_query_differences() -> None:
@@ -22,6 +23,28 @@ def test_within_query_auc_ignores_between_query_differences() -> None:
     scores = np.array([0.2, 0.1, 0.8, 0.9, 0.5, 0.4])
     assert within_query_auc(queries, labels, scores) == pytest.approx(0.5)  # c has one class: skipped
     assert np.isnan(within_query_auc(["a", "a"], np.array([0, 0]), np.array([1.0, 2.0])))  # no query has both classes
+
+
+def test_examined_auc_does_not_reward_exposure() -> None:
+    # Two products with the same click rate per examination (0.1): "top" was shown at
+    # position 1 (100 examinations, 10 clicks), "deep" at position 10 (100 impressions seen a
+    # fifth of the time: 20 examinations, 2 clicks). A third, "bad", was examined 50 times and
+    # clicked once. "Engaged at least once" cannot tell the two good products apart from
+    # exposure; the examined-impression AUC ranks by what users did once they looked.
+    queries = ["q"] * 3
+    clicks = np.array([10.0, 2.0, 1.0])
+    exams = np.array([100.0, 20.0, 50.0])
+    exposure = np.array([100.0, 20.0, 50.0])  # a score that copies how often the ranker showed each
+    preference = np.array([1.0, 1.0, 0.0])    # a score that knows users like top and deep alike
+    assert within_query_examined_auc(queries, clicks, exams, preference) > within_query_examined_auc(
+        queries, clicks, exams, exposure)
+    # By hand: positives (clicks) 10, 2, 1 against negatives (examined, not clicked) 90, 18, 49;
+    # top and deep tie with each other, bad ties with itself.
+    assert within_query_examined_auc(queries, clicks, exams, preference) == pytest.approx(
+        (12 * 49 + 0.5 * 12 * 108 + 0.5 * 1 * 49) / (13 * 157))
+    nan = np.array([np.nan, 20.0, 50.0])  # a product without an examination count is left out
+    assert within_query_examined_auc(queries, clicks, nan, preference) == pytest.approx(
+        (2 * 49 + 0.5 * 2 * 18 + 0.5 * 1 * 49) / (3 * 67))
 
 
 def _split(per_query: dict[str, float], ndcg: float | None = None, auc: float = 0.6) -> dict:
@@ -75,7 +98,7 @@ def test_compare_two_variants_two_seeds_end_to_end(tiny_data_dir: Path, tmp_path
     assert [r["seed"] for r in results["runs"]["mmoe_funnel"]] == [13, 14]
     checks = results["checks"]
     assert {"default_gain_ge_0.03", "purchase_wq_auc_above_retrieval", "mmoe_purchase_ndcg_ge_single_purchase",
-            "int8_within_0.005", "propensity_within_10%"} <= set(checks)
+            "int8_within_0.005", "propensity_within_10%", "served_click_exam_auc_above_retrieval"} <= set(checks)
     saved = json.loads((tmp_path / "cmp" / "results.json").read_text())
     assert saved["partial"] is False and saved["rows"] == json.loads(json.dumps(results["rows"]))
     manifest = json.loads((tmp_path / "cmp" / "reranker-mmoe_funnel-seed14" / "manifest.json").read_text())

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from pipeline.core.errors import DataError
-from rerank.propensity import compare_to_truth, estimate_propensities, ipw_weights
+from rerank.propensity import compare_to_truth, estimate_propensities, expected_examinations, ipw_weights
 
 POWER = 0.7
 SLOTS = 20
@@ -156,3 +156,16 @@ def test_ipw_rejects_bad_arguments() -> None:
         ipw_weights([1.0], np.ones(3), clip=0.5)
     with pytest.raises(DataError):
         ipw_weights([0.0], np.ones(3))
+
+
+def test_expected_examinations_sum_over_the_positions_shown_at() -> None:
+    # Shown once at position 1 and once at 3 is not "twice at 2": theta is convex, so the
+    # per-position sum (1 + 0.25) differs from 2 * theta(2) = 1.0.
+    theta = np.array([1.0, 0.5, 0.25])
+    log = pd.DataFrame({"query": ["q", "q", "q", "r"], "product_id": ["a", "a", "b", "a"],
+                        "position": [1, 3, 2, 9], "impressions": [1, 1, 4, 2]})
+    exams = expected_examinations(log, theta)
+    assert exams[("q", "a")] == pytest.approx(1.25)
+    assert exams[("q", "b")] == pytest.approx(2.0)
+    assert exams[("r", "a")] == pytest.approx(0.5)  # past the curve: its last value, unclipped
+

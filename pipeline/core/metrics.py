@@ -95,6 +95,31 @@ def auc(labels: Sequence[float], scores: Sequence[float]) -> float:
     return float(roc_auc_score(y, np.asarray(scores, dtype=float)))
 
 
+def examined_auc(counts: Sequence[float], examinations: Sequence[float], scores: Sequence[float]) -> float:
+    """ROC AUC over *examined impressions*: engaged ones against examined-but-skipped ones.
+
+    Each row (a shown product) stands for ``counts`` engaged impressions (positives; a click
+    implies the product was looked at) and ``examinations - counts`` looked-at impressions
+    without engagement (negatives), where ``examinations`` is the expected number of times
+    the product was examined (impressions weighted by the examination propensity of the
+    position each was shown at). Why: "engaged at least once" rewards whatever was shown
+    often and high on the page, so a score that copies the logging ranker's exposure wins
+    it without knowing which products users prefer once they see them. Weighting by
+    examinations is the inverse-propensity correction of that AUC. NaN when one side is empty.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    c = np.asarray(counts, dtype=np.float64)
+    negatives = np.clip(np.asarray(examinations, dtype=np.float64) - c, 0.0, None)
+    s = np.asarray(scores, dtype=np.float64)
+    if c.sum() <= 0 or negatives.sum() <= 0:
+        return float("nan")
+    y = np.r_[np.ones(len(c)), np.zeros(len(c))]
+    w = np.r_[c, negatives]
+    keep = w > 0
+    return float(roc_auc_score(y[keep], np.r_[s, s][keep], sample_weight=w[keep]))
+
+
 def run_from_pairs(queries: Sequence[str], ids: Sequence[str], scores: Sequence[float]) -> dict[str, dict[str, float]]:
     """Build a run dict from flat, pair-aligned (query, id, score) arrays."""
     run: dict[str, dict[str, float]] = {}
