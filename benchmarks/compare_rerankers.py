@@ -54,6 +54,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "mmoe_funnel_pal": {"debias": "pal"},
     "mmoe_funnel_minilm": {"init": "minilm"},
     "mmoe_funnel_prior": {"prior_weight": 1.0},
+    "mmoe_funnel_no_skip": {"similarity_skip": False},
 }
 #: The default reranker (what `train-reranker` and the demo build) is this row.
 DEFAULT_VARIANT = "mmoe_funnel"
@@ -419,6 +420,7 @@ def _expected_report(spec: Mapping[str, Any], seed: int, epochs: int, max_length
             "max_length": max_length or DEFAULT_MAX_LENGTH, "objective": pick("objective"),
             "debias": pick("debias"), "architecture": pick("architecture"), "heads": pick("heads"),
             "tasks": list(pick("tasks")), "label_mode": pick("label_mode"),
+            "similarity_skip": pick("similarity_skip"),
             "encoder": str(encoder) if encoder else BUNDLED_ENCODER,
             "loss_weights": {"rank": loss.rank_weight, "point": loss.point_weight, "prior": loss.prior_weight},
             "train_queries": train_queries, "valid_queries": valid_queries}

@@ -13,6 +13,15 @@ hundreds of steps and not learning at all. The segments still attend to each oth
 cross-encoder: every token sees the whole pair). ``"mean"`` (one mean over all tokens) and
 ``"cls"`` stay available.
 
+Similarity skip (``similarity_skip``, on for every model ``train_reranker`` builds): each task
+logit also gets ``scale_t · sum(u*v)``, the pair's own similarity, with a learned per-task
+scale that starts at :data:`SIMILARITY_SKIP_INIT`. Why: trained on engagement alone, the heads
+and the encoder drift away from the relevance the encoder started with. Among the products
+the shop's ranker showed (look-alikes included), ``sum(u*v)`` of the retriever-initialised
+encoder orders relevant above irrelevant with AUC 0.80 before training and 0.67 after it
+without the skip. With the skip the similarity is the starting score and every gradient flows
+through it, so training refines relevance instead of replacing it (docs/rerank.md).
+
 On disk (one directory, written atomically)::
 
     encoder/            standard Hugging Face BERT folder + tokenizer (AutoModel.from_pretrained opens it)
@@ -50,6 +59,9 @@ HEADS_FILE = "heads.safetensors"
 HEADS_CONFIG = "heads_config.json"
 ENCODER_DIR = "encoder"
 POOLINGS = ("pair", "mean", "cls")
+#: Initial scale of the similarity skip: a within-query cosine spread of about 0.1 becomes a
+#: logit spread of about 1, as large as what the heads learn.
+SIMILARITY_SKIP_INIT = 10.0
 
 
 @dataclass
@@ -65,6 +77,7 @@ class HeadConfig:
     dropout: float = 0.1
     pooling: str = "pair"
     max_length: int = DEFAULT_MAX_LENGTH
+    similarity_skip: bool = False
 
     def validate(self) -> None:
         """Refuse configurations that cannot mean anything (e.g. a funnel out of order)."""
@@ -83,6 +96,8 @@ class HeadConfig:
             raise ValueError(f"funnel heads need tasks in funnel order {TASKS}, got {self.tasks}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {self.pooling!r}; choose one of {', '.join(POOLINGS)}")
+        if self.similarity_skip and self.pooling != "pair":
+            raise ValueError("the similarity skip reads the pair pooling's query and product vectors (pooling 'pair')")
 
 
 def bundled_encoder_path() -> Path:
@@ -118,6 +133,9 @@ class MultiTaskCrossEncoder(nn.Module):
         self.head = build_head(config.architecture, pooled_dim, len(config.tasks),
                                n_experts=config.n_experts, expert_dim=config.expert_dim,
                                tower_dim=config.tower_dim, dropout=config.dropout)
+        if config.similarity_skip:  # part of the head: saved, loaded and trained with it
+            self.head.register_parameter(
+                "similarity_scale", nn.Parameter(torch.full((len(config.tasks),), SIMILARITY_SKIP_INIT)))
         self.manifest: dict[str, Any] = dict(manifest or {})
         self.quantized = False
 
@@ -166,7 +184,11 @@ class MultiTaskCrossEncoder(nn.Module):
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                               token_type_ids=token_type_ids).last_hidden_state
-        logits = self.head(self.pool(hidden, attention_mask, token_type_ids))
+        pooled = self.pool(hidden, attention_mask, token_type_ids)
+        logits = self.head(pooled)
+        if self.config.similarity_skip:  # sum(u*v): the third quarter of the pair features
+            width = hidden.shape[-1]
+            logits = logits + self.head.similarity_scale * pooled[:, 2 * width:3 * width].sum(-1, keepdim=True)
         return log_probs(logits, self.config.heads)
 
     def tokenize(self, queries: Sequence[str], texts: Sequence[str], max_length: int | None = None) -> dict:

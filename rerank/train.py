@@ -306,7 +306,7 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
                    objective: str = "both", rank_weight: float = 1.0, point_weight: float = 1.0,
                    debias: str = "none", propensities: Sequence[float] | None = None,
                    prior: Callable[[Sequence[str], Sequence[str]], np.ndarray] | None = None,
-                   prior_weight: float = 0.0, progress: bool = True,
+                   prior_weight: float = 0.0, similarity_skip: bool = True, progress: bool = True,
                    text_fields: Sequence[str] = PRODUCT_TEXT_FIELDS) -> dict[str, Any]:
     """Train, validate per epoch, keep the best epoch, save to ``out_dir``; return a report.
 
@@ -320,6 +320,9 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
     needs the engagement's mean ``position``).
     ``prior`` (queries, product ids) -> the retriever's similarity per pair, distilled with
     weight ``prior_weight`` (:class:`rerank.losses.MultiTaskLoss`); both or neither.
+    ``similarity_skip``: add the pair's own similarity to every task logit
+    (:class:`rerank.model.MultiTaskCrossEncoder`), so training refines relevance instead of
+    replacing it; off only to measure what it buys.
     ``text_fields``: the catalog columns of the product text; recorded in the manifest, so
     every scorer builds the text this model was trained on.
     """
@@ -336,7 +339,7 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
         raise ValueError("prior_weight > 0 needs a prior (the retriever's similarity; train against an index)")
     tasks = list(tasks)
     HeadConfig(tasks=tasks, architecture=architecture, heads=heads, n_experts=n_experts,
-               max_length=max_length).validate()  # fail before any data or weights are loaded
+               max_length=max_length, similarity_skip=similarity_skip).validate()  # fail before any data or weights are loaded
     examples, valid_pairs, n_train, n_valid = training_lists(
         dataset, max_queries=max_queries, max_valid_queries=max_valid_queries, seed=seed, candidates=candidates,
         text_fields=text_fields, negatives=negatives, label_mode=label_mode, tasks=tasks,
@@ -347,7 +350,8 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
     threads = configure_training_threads()
     torch.manual_seed(seed)
     model = MultiTaskCrossEncoder.from_encoder(encoder, tasks=tasks, architecture=architecture, heads=heads,
-                                               n_experts=n_experts, max_length=max_length)
+                                               n_experts=n_experts, max_length=max_length,
+                                               similarity_skip=similarity_skip)
     loss = MultiTaskLoss(tasks, task_weights, uncertainty, objective=objective, rank_weight=rank_weight,
                          point_weight=point_weight, prior_weight=prior_weight)
     tower = PositionTower() if debias == "pal" else None
@@ -370,7 +374,7 @@ def train_reranker(dataset: Dataset, out_dir: str | os.PathLike[str], *,
     data_fp = fingerprint_frame(examples, ["query", "product_id", "source"] + label_cols + ["weight"])
     report: dict[str, Any] = {
         "out_dir": str(out_dir), "tasks": tasks, "architecture": architecture, "heads": heads,
-        "label_mode": label_mode, "objective": objective, "debias": debias,
+        "label_mode": label_mode, "objective": objective, "debias": debias, "similarity_skip": similarity_skip,
         **({"propensities": [round(float(t), 4) for t in propensities]} if debias == "ipw" else {}),
         **({"pal_examination": [round(float(t), 4) for t in tower.curve()]} if tower is not None else {}),
         "loss_weights": {"rank": loss.rank_weight, "point": loss.point_weight, "prior": loss.prior_weight},

@@ -75,6 +75,7 @@ def train_reranker_cmd(
     index: Optional[Path] = typer.Option(None, "--index", help="Index whose retriever gives candidates; also fits the first-stage blend on valid."),
     candidates: int = typer.Option(DEFAULT_CANDIDATES, "--candidates", min=1, help="Retriever candidates per query (with --index)."),
     prior_weight: float = typer.Option(0.0, "--prior-weight", min=0.0, help="Weight of the retriever-order distillation term (needs --index)."),
+    similarity_skip: bool = typer.Option(True, "--similarity-skip/--no-similarity-skip", help="Add the pair's own query-product similarity to every task logit (docs/rerank.md)."),
     seed: int = typer.Option(DEFAULT_SEED, "--seed"),
     text_fields: Optional[str] = text_fields_option("default: the index's with --index, else title,brand,category,attributes"),
     json_out: bool = _JSON,
@@ -91,7 +92,7 @@ def train_reranker_cmd(
             label_mode=label_mode, task_weights=weights, uncertainty=uncertainty, epochs=epochs,
             batch_size=batch_size, max_length=max_length, negatives=negatives, max_queries=max_queries,
             max_shown_per_query=max_shown, seed=seed, debias=debias,
-            positions=positions or _default_positions(data), prior_weight=prior_weight,
+            positions=positions or _default_positions(data), prior_weight=prior_weight, similarity_skip=similarity_skip,
             text_fields=parse_fields(text_fields))
     except ValueError as exc:
         _bad(exc)
