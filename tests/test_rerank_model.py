@@ -28,7 +28,7 @@ TEXTS = ["Nike Pegasus Trail 4 | Nike | shoes | color: black", "Leather office c
 def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[MultiTaskCrossEncoder, Path]:
     seed_everything(5)
     torch.manual_seed(5)
-    model = MultiTaskCrossEncoder.from_encoder(max_length=32)
+    model = MultiTaskCrossEncoder.from_encoder(max_length=32, similarity_skip=True)  # as train_reranker builds it
     out = tmp_path_factory.mktemp("rr") / "reranker"
     model.save(out, seed=5, data_fingerprint="test")
     return model, out
@@ -86,6 +86,28 @@ def test_predict_is_batch_invariant(saved) -> None:
     assert np.all(probs[:, 2] <= probs[:, 1]) and np.all(probs[:, 1] <= probs[:, 0])
 
 
+def test_similarity_skip_adds_the_pairs_own_similarity_to_each_logit() -> None:
+    # The same seeded weights with and without the skip: the click logit (independent heads,
+    # so log p = log sigmoid(logit)) differs by exactly scale * sum(u*v) of the pair features.
+    def build(skip: bool) -> MultiTaskCrossEncoder:
+        torch.manual_seed(3)
+        return MultiTaskCrossEncoder.from_encoder(tasks=["click"], heads="independent", max_length=32,
+                                                  similarity_skip=skip).eval()
+
+    plain, skip = build(False), build(True)
+    batch = plain.tokenize(QUERIES, TEXTS)
+    with torch.no_grad():
+        hidden = plain.encoder(**batch).last_hidden_state
+        pooled = plain.pool(hidden, batch["attention_mask"], batch["token_type_ids"])
+        similarity = pooled[:, 2 * 384:3 * 384].sum(-1)
+        logit = lambda m: torch.logit(m(**batch)[:, 0].exp().double())  # noqa: E731
+        gap = logit(skip) - logit(plain)
+    assert float(skip.head.similarity_scale.detach()[0]) == pytest.approx(10.0)
+    np.testing.assert_allclose(gap.numpy(), 10.0 * similarity.double().numpy(), atol=1e-3)
+    with pytest.raises(ValueError, match="pair pooling"):
+        HeadConfig(pooling="mean", similarity_skip=True).validate()
+
+
 def test_reload_gives_identical_scores_and_standard_encoder(saved) -> None:
     from transformers import AutoModel
 
@@ -94,6 +116,7 @@ def test_reload_gives_identical_scores_and_standard_encoder(saved) -> None:
     np.testing.assert_array_equal(model.predict(QUERIES, TEXTS), again.predict(QUERIES, TEXTS))
     assert again.tasks == ("click", "add_to_cart", "purchase")
     assert again.manifest["kind"] == "reranker" and again.manifest["architecture"] == "mmoe"
+    assert again.config.similarity_skip and torch.equal(again.head.similarity_scale, model.head.similarity_scale)
     assert AutoModel.from_pretrained(str(path / "encoder")).config.hidden_size == 384
 
 
