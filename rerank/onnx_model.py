@@ -33,6 +33,14 @@ def _source(manifest: dict[str, Any]) -> dict[str, Any]:
     return {"kind": RERANKER_KIND, "id": manifest.get("id"), "checksums": manifest.get("checksums")}
 
 
+#: Reranker MatMuls that stay fp32 in the int8 graph: each layer's feed-forward up-projection.
+#: Why: the similarity skip reads fine differences of the query and product vectors, and the
+#: activations entering the GELU carry the outliers that dynamic int8 rounds worst. Kept fp32,
+#: the served order loses about a tenth of what all-int8 lost (docs/rerank.md), for part of
+#: the int8 speed-up (benchmarks/search_speed.py).
+KEEP_FP32 = ("/intermediate/dense/MatMul",)
+
+
 def export_reranker(reranker_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Export a saved (checksum-verified) reranker to ``<reranker_dir>/onnx``."""
     from pipeline.core.runtime import import_torch
@@ -59,7 +67,7 @@ def export_reranker(reranker_dir: str | os.PathLike[str]) -> dict[str, Any]:
     example = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
     return write_export(path / "onnx", lambda graph: export_module(Probabilities(), example, graph, ["probs"]),
                         source=_source(model.manifest), tokenizer_json=path / ENCODER_DIR / "tokenizer.json",
-                        max_length=model.config.max_length, extra={"tasks": list(model.tasks)})
+                        max_length=model.config.max_length, extra={"tasks": list(model.tasks)}, keep_fp32=KEEP_FP32)
 
 
 class OnnxCrossEncoder:

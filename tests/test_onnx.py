@@ -106,6 +106,14 @@ def test_reranker_export_matches_torch(exported: Path) -> None:
     assert np.abs(int8 - ref).max() < 0.05
     # funnel heads survive the export: p(purchase) <= p(cart) <= p(click)
     assert (int8[:, 2] <= int8[:, 1] + 1e-6).all() and (int8[:, 1] <= int8[:, 0] + 1e-6).all()
+    # each of the six layers' feed-forward up-projection stays fp32, and only those
+    import onnx
+
+    kept = json.loads((exported / "models/reranker/onnx/manifest.json").read_text())["config"]["int8"]["kept_fp32"]
+    assert len(kept) == 6 and all("/intermediate/dense/MatMul" in name for name in kept)
+    graph = onnx.load(str(exported / "models/reranker/onnx/model_int8.onnx"))
+    float_matmuls = {n.name for n in graph.graph.node if n.op_type == "MatMul"}
+    assert set(kept) <= float_matmuls
 
 
 def test_stale_or_corrupt_export_is_refused(exported: Path, tmp_path: Path) -> None:

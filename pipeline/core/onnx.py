@@ -76,39 +76,46 @@ INT8_SETTINGS = {"op_types_to_quantize": ["MatMul"], "per_channel": True, "reduc
                  "extra_options": {"MatMulConstBOnly": True}}
 
 
-def quantize_int8(src: Path, dst: Path) -> None:
+def quantize_int8(src: Path, dst: Path, keep_fp32: Sequence[str] = ()) -> list[str]:
     """int8 weights, activations quantised on the fly (no calibration data needed).
 
     Only MatMuls with constant weights (the BERT projections: ~all the FLOPs) are quantised;
     embeddings, attention-score products and the tiny heads stay fp32. ``reduce_range`` (7-bit
     weights) avoids the int16 saturation of x86 u8·s8 kernels, which cost ranking quality.
+    ``keep_fp32``: substrings of node names that stay fp32 as well; returns those nodes' names.
     """
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    kept = ([n.name for n in onnx.load(str(src), load_external_data=False).graph.node
+             if n.op_type == "MatMul" and any(part in n.name for part in keep_fp32)] if keep_fp32 else [])
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # hides ORT's "consider pre-processing" advice (static quantisation only)
     try:
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, **INT8_SETTINGS)
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, nodes_to_exclude=kept, **INT8_SETTINGS)
     finally:
         root.setLevel(level)
+    return kept
 
 
 def write_export(out_dir: Path, build: Any, *, source: Mapping[str, Any], tokenizer_json: Path,
-                 max_length: int, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                 max_length: int, extra: Mapping[str, Any] | None = None,
+                 keep_fp32: Sequence[str] = ()) -> dict[str, Any]:
     """Write an export directory atomically: ``build(tmp_fp32_path)`` writes the fp32 graph,
-    then we quantise it, copy the tokenizer and write the manifest."""
+    then we quantise it (``keep_fp32``: see :func:`quantize_int8`), copy the tokenizer and
+    write the manifest."""
     if not tokenizer_json.is_file():
         raise ArtifactError(f"{tokenizer_json}: no fast tokenizer file to export with the model")
     with atomic_directory(out_dir) as tmp:
         build(tmp / GRAPH_FILES["fp32"])
-        quantize_int8(tmp / GRAPH_FILES["fp32"], tmp / GRAPH_FILES["int8"])
+        kept = quantize_int8(tmp / GRAPH_FILES["fp32"], tmp / GRAPH_FILES["int8"], keep_fp32)
         (tmp / TOKENIZER_FILE).write_bytes(tokenizer_json.read_bytes())
         hashed = {name: hash_file(tmp / name) for name in (*GRAPH_FILES.values(), TOKENIZER_FILE)}
         manifest = build_manifest(
             EXPORT_KIND, config={"opset": OPSET, "max_length": max_length,
                                  "int8": {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8",
-                                          **INT8_SETTINGS}},
+                                          **INT8_SETTINGS, "kept_fp32": kept}},
             inputs={"source": dict(source)}, source=dict(source), max_length=max_length,
             checksums={name: digest for name, (digest, _) in hashed.items()},
             **dict(extra or {}),
