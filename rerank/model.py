@@ -16,11 +16,11 @@ cross-encoder: every token sees the whole pair). ``"mean"`` (one mean over all t
 Similarity skip (``similarity_skip``, on for every model ``train_reranker`` builds): each task
 logit also gets ``scale_t · sum(u*v)``, the pair's own similarity, with a learned per-task
 scale that starts at :data:`SIMILARITY_SKIP_INIT`. Why: trained on engagement alone, the heads
-and the encoder drift away from the relevance the encoder started with. Among the products
+and the encoder drift away from the relevance the encoder started with: among the products
 the shop's ranker showed (look-alikes included), ``sum(u*v)`` of the retriever-initialised
-encoder orders relevant above irrelevant with AUC 0.80 before training and 0.67 after it
-without the skip. With the skip the similarity is the starting score and every gradient flows
-through it, so training refines relevance instead of replacing it (docs/rerank.md).
+encoder orders relevant above irrelevant far better before training than after it (measured
+in docs/rerank.md). With the skip the similarity is the starting score and every gradient
+flows through it, so training refines relevance instead of replacing it.
 
 On disk (one directory, written atomically)::
 
