@@ -47,8 +47,9 @@ def test_score_pairs_matches_search_probabilities(searcher):
     hits = searcher.search("wooden desk", k=3, candidates=10)
     pairs = searcher.score_pairs("wooden desk", [h.product_id for h in hits])
     # int8 (ONNX dynamic quantisation) scales activations per batch, so scoring 3 pairs instead
-    # of 10 moves probabilities by ~1e-4; fp32 is batch-independent to float precision.
-    tol = 1e-5 if searcher.precision == "fp32" else 1e-3
+    # of 10 moves probabilities a little, and the similarity skip (ten times the pair's cosine
+    # in every funnel logit) magnifies that to ~1e-3; fp32 is batch-independent to float precision.
+    tol = 1e-5 if searcher.precision == "fp32" else 5e-3
     for a, b in zip(hits, pairs):
         assert b.rank is None and a.product_id == b.product_id
         assert b.probs["click"] == pytest.approx(a.probs["click"], abs=tol)
