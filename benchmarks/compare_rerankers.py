@@ -26,12 +26,13 @@ import inspect
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from pipeline.config import DEFAULT_CANDIDATES, DEFAULT_DATA_DIR, DEFAULT_RUNS_DIR, POSITIONS_FILE
 from pipeline.core.artifacts import atomic_write_text
@@ -108,6 +109,15 @@ def _retriever(dataset: Dataset, work: Path, index_dir: Path | None, retriever_d
     return Retriever.load(work / "index", encoder), info
 
 
+def _mean_over_queries(queries: Sequence[str], metric: Callable[[list[int]], float]) -> float:
+    """Mean of ``metric(rows)`` over each query's rows, skipping the queries it gives NaN."""
+    from rerank.fusion import rows_by_query
+
+    values = [metric(idx) for idx in rows_by_query(queries).values()]
+    values = [v for v in values if not np.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
 def within_query_auc(queries: Sequence[str], labels: np.ndarray, scores: np.ndarray) -> float:
     """Mean over queries of the AUC among that query's rows (queries with one class skipped).
 
@@ -115,11 +125,8 @@ def within_query_auc(queries: Sequence[str], labels: np.ndarray, scores: np.ndar
     all pairs would reward learning which queries convert, not which products do.
     """
     from pipeline.core import metrics
-    from rerank.fusion import rows_by_query
 
-    values = [metrics.auc(labels[idx], scores[idx]) for idx in rows_by_query(queries).values()]
-    values = [v for v in values if not np.isnan(v)]
-    return float(np.mean(values)) if values else float("nan")
+    return _mean_over_queries(queries, lambda idx: metrics.auc(labels[idx], scores[idx]))
 
 
 def within_query_examined_auc(queries: Sequence[str], counts: np.ndarray, examinations: np.ndarray,
@@ -134,15 +141,12 @@ def within_query_examined_auc(queries: Sequence[str], counts: np.ndarray, examin
     the train queries' per-position log). Rows without a known examination count are left out.
     """
     from pipeline.core import metrics
-    from rerank.fusion import rows_by_query
 
-    values = []
-    for idx in rows_by_query(queries).values():
+    def examined(idx: list[int]) -> float:
         idx = [i for i in idx if np.isfinite(examinations[i])]
-        if idx:
-            values.append(metrics.examined_auc(counts[idx], examinations[idx], scores[idx]))
-    values = [v for v in values if not np.isnan(v)]
-    return float(np.mean(values)) if values else float("nan")
+        return metrics.examined_auc(counts[idx], examinations[idx], scores[idx]) if idx else float("nan")
+
+    return _mean_over_queries(queries, examined)
 
 
 class _Split:
@@ -150,7 +154,7 @@ class _Split:
     scores and engagement counts, the shown products with their retrieval scores, qrels."""
 
     def __init__(self, dataset: Dataset, retriever: Any, queries: Sequence[str], candidates: int,
-                 qrels: Mapping[str, Mapping[str, int]], examinations: Mapping[Any, float] | None = None) -> None:
+                 qrels: Mapping[str, Mapping[str, int]], examinations: pd.Series | None = None) -> None:
         from pipeline.blend import retriever_prior
         from rerank.data import build_eval_pairs, text_lookup
 
@@ -170,8 +174,8 @@ class _Split:
         self.shown_texts = [texts[p] for p in shown_ids]
         self.shown_counts = {t: shown[COUNT_COLUMNS[t]].to_numpy(dtype=np.float64) for t in TASKS}
         self.shown_labels = {t: c > 0 for t, c in self.shown_counts.items()}
-        self.shown_exams = (np.array([float(examinations.get((q, p), np.nan)) for q, p in zip(self.shown_queries, shown_ids)])
-                            if examinations is not None else None)
+        self.shown_exams = (examinations.reindex(pd.MultiIndex.from_arrays([self.shown_queries, shown_ids]))
+                            .to_numpy(dtype=np.float64) if examinations is not None else None)
         self.shown_retrieval = retriever_prior(retriever, dataset.catalog)(self.shown_queries, shown_ids)
 
     def per_query(self, score: np.ndarray) -> dict[str, float]:
@@ -394,7 +398,7 @@ def compare_rerankers(data_dir: str | os.PathLike[str] | None = None,
     return results
 
 
-def _examinations(positions: Path, train_queries: Sequence[str]) -> Any:
+def _examinations(positions: Path, train_queries: Sequence[str]) -> pd.Series:
     """Expected examinations per shown (query, product), under propensities fitted on the
     train queries' rows of the per-position log (the evaluated queries' clicks stay out)."""
     from pipeline.data import load_position_log
